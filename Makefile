@@ -1,0 +1,49 @@
+# Two commands for a new user:  make demo  (caption the sample photos with the shipped model)
+#                               make test  (the whole test suite)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The PyTorch build to install; the machines this project is built on serve these releases locally.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CAPTION_DATA ?= ../shared/data
+PHOTOS ?= $(wildcard $(CAPTION_DATA)/flickr8k/photos_fullres/*.jpg)
+
+.PHONY: install demo test lint java prepare-flickr8k train-default clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The COCO metrics need Java (PTB tokenizer, METEOR); install a headless JRE where it is missing.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "Java not found: installing default-jre-headless"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq default-jre-headless; fi; }
+
+demo: install
+	$(BIN)/python demo/caption_photos.py $(PHOTOS)
+
+test: install java
+	CAPTION_DATA=$(CAPTION_DATA) $(BIN)/python -m pytest -q
+	$(BIN)/ruff check caption scripts demo tests
+
+lint: install
+	$(BIN)/ruff check caption scripts demo tests
+
+prepare-flickr8k: install
+	$(BIN)/caption prepare flickr8k $(CAPTION_DATA)/flickr8k --out data/flickr8k
+
+# Reproduces models/flickr8k-lite0 (about 2 hours on 2 CPU cores).
+train-default: prepare-flickr8k
+	$(BIN)/caption train --config configs/flickr8k_lite0.yaml
+	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16
+
+clean:
+	rm -rf $(VENV) cache runs data .pytest_cache

@@ -1,0 +1,198 @@
+"""The one-call API: ``Captioner.load(name_or_path).caption(inputs, beam_size=3)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from caption.data.images import ImageInput, ImageLoadError, ImageTransform, describe
+from caption.data.vocab import Vocabulary
+from caption.decoding.beam import Hypothesis
+from caption.features.batching import iter_image_batches
+from caption.models.captioner import CaptionModel
+from caption.models.io import is_model_dir, load_model
+
+DEFAULT_MODEL = "flickr8k-lite0"
+MODELS_ENV = "CAPTION_MODELS_DIR"
+
+
+@dataclass
+class CaptionResult:
+    """One item's caption. ``error`` is set (and ``text`` is None) when the item could not be read."""
+
+    source: str
+    text: str | None = None
+    score: float | None = None  # length-normalised log-probability of the caption
+    words: list[str] = field(default_factory=list)
+    attention: np.ndarray | None = None  # (len(words), N): attention over the N feature positions
+    grid: tuple[int, int] = (0, 0)  # the N positions as (rows, cols) of the image
+    beams: list[dict[str, Any]] = field(default_factory=list)  # every beam: {"text", "score"}, best first
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, attention: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {"source": self.source}
+        if self.error is not None:
+            data["error"] = self.error
+            return data
+        data.update(caption=self.text, score=self.score, beams=self.beams)
+        if attention and self.attention is not None:
+            data["attention"] = np.round(self.attention, 4).tolist()
+            data["grid"] = list(self.grid)
+        return data
+
+
+def resolve_model(name_or_path: str | Path = DEFAULT_MODEL) -> Path:
+    """A model directory, a training run (its best checkpoint), or the name of a shipped model."""
+    from caption.training.checkpoint import resolve_run_dir
+
+    path = Path(name_or_path)
+    if path.exists():
+        return resolve_run_dir(path)
+    roots = [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    roots.append(Path(__file__).resolve().parents[1] / "models")
+    for root in roots:
+        if is_model_dir(root / str(name_or_path)):
+            return root / str(name_or_path)
+    known = sorted({d.name for root in roots if root.is_dir() for d in root.iterdir() if is_model_dir(d)})
+    raise FileNotFoundError(
+        f"no model {str(name_or_path)!r}: not a path, and not a model name in {', '.join(map(str, roots))} "
+        f"(known names: {', '.join(known) or 'none'})"
+    )
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Captioner:
+    """A loaded model ready to caption images; see ``caption()``."""
+
+    def __init__(self, model: CaptionModel, vocab: Vocabulary, device: str | torch.device = "auto", meta: dict | None = None):
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.meta = meta or {}
+        cfg = model.encoder_cfg
+        self.transform = ImageTransform(cfg.image_size, cfg.mean, cfg.std)
+        self.grid = (cfg.grid_size, cfg.grid_size)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> Captioner:
+        directory = resolve_model(name_or_path)
+        model, vocab, meta = load_model(directory)
+        captioner = cls(model, vocab, device, meta)
+        captioner.path = directory
+        return captioner
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S), already normalised, to features (B, N, C) in fp32."""
+        with self._autocast():
+            return self.model.encode(images.to(self.device, non_blocking=True)).float()  # (B, N, C)
+
+    @torch.inference_mode()
+    def caption_memory(
+        self,
+        memory: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        sources: Sequence[str] | None = None,
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> list[CaptionResult]:
+        """Caption precomputed features (B, N, C): all items and all beams in one batched search."""
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        max_length = max_length or self.vocab.max_length
+        with self._autocast():
+            hypotheses = self.model.generate(
+                memory.to(self.device), None if mask is None else mask.to(self.device),
+                beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
+            )
+        sources = sources or [f"item {i}" for i in range(len(hypotheses))]
+        return [self._result(source, beams) for source, beams in zip(sources, hypotheses)]
+
+    def _result(self, source: str, beams: list[Hypothesis]) -> CaptionResult:
+        best = beams[0]
+        words = [self.vocab.words[t] for t in best.tokens]
+        return CaptionResult(
+            source=source,
+            text=" ".join(words),
+            score=best.score,
+            words=words,
+            attention=best.attention,
+            grid=self.grid,
+            beams=[{"text": self.vocab.decode(b.tokens), "score": round(b.score, 4)} for b in beams],
+        )
+
+    def iter_captions(
+        self,
+        inputs: Sequence[ImageInput],
+        *,
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty: float = 1.0,
+        batch_size: int = 16,
+        num_workers: int = 2,
+    ) -> Iterator[CaptionResult]:
+        """Caption ``inputs`` in batches, yielding one result per input in order; unreadable inputs
+        yield a result with ``error`` set instead of stopping the others."""
+        batches = iter_image_batches(
+            inputs, self.transform, batch_size=batch_size, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for indices, images, errors in batches:
+            results: dict[int, CaptionResult] = {i: CaptionResult(source=err.source, error=err.reason) for i, err in errors.items()}
+            if images is not None:
+                memory = self.encode(images)  # (B, N, C)
+                sources = [describe(inputs[i]) for i in indices]
+                captions = self.caption_memory(memory, sources=sources, beam_size=beam_size,
+                                               max_length=max_length, length_penalty=length_penalty)
+                results.update(zip(indices, captions))
+            for i in sorted(results):
+                yield results[i]
+
+    def caption(
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        *,
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty: float = 1.0,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        skip_errors: bool = False,
+    ) -> CaptionResult | list[CaptionResult]:
+        """Caption one input or a list of them (file paths, PIL images or numpy arrays).
+
+        One input gives one ``CaptionResult``; a list gives a list in the same order. An unreadable
+        input raises ``ImageLoadError`` naming it, unless ``skip_errors`` is set: then its result has
+        ``error`` set and every other input is still captioned.
+        """
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        results = list(self.iter_captions(
+            items, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
+            batch_size=batch_size, num_workers=num_workers,
+        ))
+        if not skip_errors:
+            for result in results:
+                if result.error is not None:
+                    raise ImageLoadError(result.source, result.error)
+        return results[0] if single else results

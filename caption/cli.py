@@ -1,0 +1,177 @@
+"""The ``caption`` command: prepare data, train, predict, evaluate and export models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from caption.utils.logging import logger, setup_logging
+from caption.utils.runtime import reexec_with_malloc_tuning
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from caption.data.convert import convert_flickr8k, convert_karpathy
+
+    if args.source == "flickr8k":
+        root = Path(args.input)
+        token_file = root / "Flickr8k.token.txt"
+        if not token_file.is_file():
+            raise FileNotFoundError(f"{token_file} not found: give the folder that holds Flickr8k.token.txt")
+        splits = {name: root / f"Flickr_8k.{name}Images.txt" for name in ("train", "dev", "test")}
+        splits = {name: path for name, path in splits.items() if path.is_file()}
+        if not splits:
+            raise FileNotFoundError(f"no split lists (Flickr_8k.trainImages.txt, ...) in {root}")
+        convert_flickr8k(token_file, splits, args.out)
+    else:
+        convert_karpathy(args.input, args.out, restval_to_train=not args.keep_restval)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from caption.config import load_config
+    from caption.training.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    record = train(config, resume=args.resume)
+    if record:
+        print(json.dumps(record))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from caption.api import Captioner
+
+    captioner = Captioner.load(args.model, device=args.device)
+    results = captioner.caption(
+        list(args.images), beam_size=args.beam_size, max_length=args.max_length,
+        length_penalty=args.length_penalty, batch_size=args.batch_size, num_workers=args.workers, skip_errors=True,
+    )
+    failed = [r for r in results if not r.ok]
+    if args.format == "json":
+        print(json.dumps([r.to_dict(attention=args.attention) for r in results], indent=2))
+    else:
+        for result in results:
+            if result.ok:
+                print(f"{result.source}\t{result.text}" if len(results) > 1 else result.text)
+    for result in failed:
+        print(f"error: {result.source}: {result.error}", file=sys.stderr)
+    if failed:
+        print(f"{len(results) - len(failed)} captioned, {len(failed)} could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from caption.api import Captioner
+    from caption.evaluation.evaluate import evaluate
+
+    if (args.results is None) == (args.images is None):
+        raise SystemExit("caption evaluate: give either --results FILE, or --images DIR (with --model)")
+    captioner = Captioner.load(args.model, device=args.device) if args.images else None
+    report = evaluate(
+        args.annotations, args.out, captioner=captioner, images=args.images, results_file=args.results,
+        metrics=args.metrics, beam_size=args.beam_size, max_length=args.max_length,
+        length_penalty=args.length_penalty, batch_size=args.batch_size, num_workers=args.workers,
+        max_images=args.max_images,
+    )
+    for name, value in report["scores"].items():
+        print(f"{name:8s} {value:.4f}")
+    for reason in report["skipped"].values():
+        print(reason)
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from caption.api import resolve_model
+    from caption.models.io import load_model, save_model
+
+    source = resolve_model(args.source)
+    model, vocab, meta = load_model(source)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "encoder", "decoder", "vocab_size", "feature_dim",
+                                                          "encoder_weights_included")}
+    save_model(model, vocab, args.out, dtype=torch.float16 if args.fp16 else None, extra=extra)
+    print(f"exported {source} -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caption", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="convert a data set to COCO caption JSON, one file per split")
+    prepare.add_argument("source", choices=["flickr8k", "karpathy"])
+    prepare.add_argument("input", help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json")
+    prepare.add_argument("--out", required=True, help="folder for captions_<split>.json")
+    prepare.add_argument("--keep-restval", action="store_true", help="karpathy: keep COCO's restval split apart")
+    prepare.set_defaults(run=_prepare)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("--config", required=True, help="a YAML file in configs/")
+    train.add_argument("--resume", action="store_true", help="continue the run in train.output_dir")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4")
+    train.set_defaults(run=_train)
+
+    def decoding_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="flickr8k-lite0", help="model directory, training run, or shipped name")
+        p.add_argument("--beam-size", type=int, default=3)
+        p.add_argument("--max-length", type=int, default=None, help="most words in a caption (default: the model's)")
+        p.add_argument("--length-penalty", type=float, default=1.0)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+        p.add_argument("--device", default="auto")
+
+    predict = commands.add_parser("predict", help="caption images")
+    predict.add_argument("images", nargs="+")
+    decoding_options(predict)
+    predict.add_argument("--format", choices=["text", "json"], default="text")
+    predict.add_argument("--attention", action="store_true", help="json: include the attention maps")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="COCO caption metrics for a model or a results file")
+    evaluate.add_argument("--annotations", required=True, help="COCO caption JSON with the references")
+    evaluate.add_argument("--images", help="image folder: caption it with --model")
+    evaluate.add_argument("--results", help="a COCO results JSON to score instead")
+    evaluate.add_argument("--out", default="eval", help="folder for results.json and metrics.json")
+    evaluate.add_argument("--metrics", nargs="+", default=["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"])
+    evaluate.add_argument("--max-images", type=int, default=0, help="score only the first N images (0: all)")
+    decoding_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="copy a run's best model into a standalone model directory")
+    export.add_argument("source", help="training run or model directory")
+    export.add_argument("out")
+    export.add_argument("--fp16", action="store_true", help="store weights in half precision")
+    export.set_defaults(run=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come before or after --resume: argparse stops collecting positionals at an option.
+    if args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if argv is None and args.command in ("train", "predict", "evaluate"):
+        reexec_with_malloc_tuning()
+    setup_logging()
+    from caption.config import ConfigError
+    from caption.data.images import ImageLoadError
+    from caption.evaluation.metrics import MetricError
+
+    try:
+        return args.run(args)
+    except (ConfigError, MetricError, ImageLoadError, FileNotFoundError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

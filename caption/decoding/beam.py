@@ -1,0 +1,113 @@
+"""Beam search for the attention decoder, batched across items.
+
+All beams of all items live in one (B * K) batch: one decoder step per word for the whole batch, with
+no Python loop over items. ``beam_size=1`` is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from caption.data.vocab import Vocabulary
+from caption.models.decoder import AttentionLSTMDecoder
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # word ids, without <bos> and <eos>
+    log_prob: float  # sum of the log-probabilities of the words and <eos>
+    score: float  # log_prob / length ** length_penalty, which ranks the beams
+    attention: np.ndarray  # (len(tokens), N): where the decoder looked for each word
+
+
+@torch.no_grad()
+def beam_search(
+    decoder: AttentionLSTMDecoder,
+    memory: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    beam_size: int = 3,
+    max_length: int = 20,
+    length_penalty: float = 1.0,
+    bos_id: int = Vocabulary.bos_id,
+    eos_id: int = Vocabulary.eos_id,
+    banned_ids: tuple[int, ...] = (Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id),
+) -> list[list[Hypothesis]]:
+    """Decode ``memory`` (B, N, C); returns, per item, ``beam_size`` hypotheses best first.
+
+    Hypotheses are ranked by log-probability divided by length ** ``length_penalty`` (0 turns length
+    normalisation off). A caption has at most ``max_length`` words; a beam still open then is ended.
+    ``banned_ids`` are never emitted (by default <pad>, <bos> and <unk>: a caption never says "<unk>").
+    """
+    B, N, _ = memory.shape
+    K = beam_size
+    V = decoder.vocab_size
+    device = memory.device
+
+    projected, (h, c) = decoder.start(memory, mask)  # (B, N, A), (B, H) x2
+    memory = memory.repeat_interleave(K, dim=0)  # (B*K, N, C)
+    projected = projected.repeat_interleave(K, dim=0)  # (B*K, N, A)
+    mask = mask.repeat_interleave(K, dim=0) if mask is not None else None  # (B*K, N)
+    h, c = h.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B*K, H) each
+
+    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
+    log_probs = torch.zeros(B, K, device=device)  # (B, K)
+    log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
+    lengths = torch.zeros(B, K, device=device)  # (B, K) tokens emitted, <eos> included
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (B, K)
+    sequences = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t)
+    attention = torch.zeros(B, K, 0, N, device=device)  # (B, K, t, N)
+    # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
+    done_row = torch.full((V,), float("-inf"), device=device)
+    done_row[eos_id] = 0.0
+    batch_offsets = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
+
+    for t in range(max_length + 1):
+        logits, (h, c), alpha = decoder.step(decoder.embedding(tokens), (h, c), memory, projected, mask)
+        logits = logits.float()
+        logits[:, list(banned_ids)] = float("-inf")
+        step = torch.log_softmax(logits, dim=-1).view(B, K, V)  # (B, K, V)
+        if t == max_length:  # out of words: every open beam must end here
+            step = done_row.expand(B, K, V) + step[..., eos_id : eos_id + 1]
+        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (B, K, V)
+        candidates = log_probs.unsqueeze(-1) + step  # (B, K, V)
+        new_lengths = (lengths + (~finished).float()).unsqueeze(-1)  # (B, K, 1)
+        ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (B, K, V)
+        _, best = ranked.view(B, K * V).topk(K, dim=1)  # (B, K)
+        parent = best // V  # (B, K) beam each survivor extends
+        word = best % V  # (B, K)
+
+        log_probs = candidates.view(B, K * V).gather(1, best)  # (B, K)
+        was_finished = finished.gather(1, parent)  # (B, K)
+        lengths = lengths.gather(1, parent) + (~was_finished).float()  # (B, K)
+        finished = was_finished | (word == eos_id)  # (B, K)
+        rows = (batch_offsets + parent).view(-1)  # (B*K,) flat index of each parent beam
+        h, c = h[rows], c[rows]  # (B*K, H) each
+        sequences = torch.cat([sequences.view(B * K, -1)[rows].view(B, K, -1), word.unsqueeze(-1)], dim=2)
+        attention = torch.cat(
+            [attention.view(B * K, -1, N)[rows].view(B, K, -1, N), alpha[rows].view(B, K, 1, N).float()], dim=2
+        )  # (B, K, t+1, N)
+        tokens = word.view(-1)  # (B*K,)
+        if bool(finished.all()):
+            break
+
+    scores = log_probs / lengths.clamp(min=1) ** length_penalty  # (B, K)
+    order = scores.argsort(dim=1, descending=True)  # (B, K)
+    sequences, attention, lengths = sequences.cpu(), attention.cpu(), lengths.long().cpu()
+    log_probs, scores, order = log_probs.cpu(), scores.cpu(), order.cpu()
+    results = []
+    for b in range(B):  # unpacking only: the search above ran on all items at once
+        beams = []
+        for k in order[b].tolist():
+            words = int(lengths[b, k]) - 1  # the last emitted token is <eos>
+            beams.append(Hypothesis(
+                tokens=sequences[b, k, :words].tolist(),
+                log_prob=float(log_probs[b, k]),
+                score=float(scores[b, k]),
+                attention=attention[b, k, :words].numpy(),
+            ))
+        results.append(beams)
+    return results

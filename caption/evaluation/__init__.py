@@ -1,0 +1,1 @@
+"""Evaluation: COCO caption metrics (pycocoevalcap) and scoring a model on a split."""

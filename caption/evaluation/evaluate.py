@@ -1,0 +1,133 @@
+"""Caption a split with a model and score it, or score a COCO results JSON, against COCO references."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from caption.api import Captioner
+from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
+from caption.evaluation.metrics import DEFAULT_METRICS, compute_metrics
+from caption.features.cache import CachedFeatures
+from caption.utils.io import atomic_write_json, read_json
+
+
+def predict_split(
+    captioner: Captioner,
+    captions: CaptionSet,
+    *,
+    features: CachedFeatures | None = None,
+    beam_size: int = 3,
+    max_length: int | None = None,
+    length_penalty: float = 1.0,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> tuple[dict[int, str], dict[str, str]]:
+    """Caption every image of a split; returns ({image_id: caption}, {file: error} for unreadable ones)."""
+    predictions: dict[int, str] = {}
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(captions), desc="captioning", unit="img", disable=not progress, dynamic_ncols=True)
+    if features is not None:
+        rows = [i for i in range(len(captions)) if features.valid[i]]
+        errors.update(features.errors)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            memory = torch.from_numpy(np.asarray(features.features[chunk], dtype=np.float32))  # (B, N, C)
+            results = captioner.caption_memory(memory, beam_size=beam_size, max_length=max_length,
+                                               length_penalty=length_penalty)
+            for row, result in zip(chunk, results):
+                predictions[captions.image_ids[row]] = result.text
+            bar.update(len(chunk))
+        bar.update(len(captions) - len(rows))
+    else:
+        paths = [str(p) for p in captions.paths()]
+        results = captioner.iter_captions(paths, beam_size=beam_size, max_length=max_length,
+                                          length_penalty=length_penalty, batch_size=batch_size, num_workers=num_workers)
+        for image_id, path, result in zip(captions.image_ids, paths, results):
+            if result.ok:
+                predictions[image_id] = result.text
+            else:
+                errors[path] = result.error
+            bar.update(1)
+    bar.close()
+    return predictions, errors
+
+
+def results_list(predictions: dict[int, str]) -> list[dict]:
+    """The COCO results format: ``[{"image_id": ..., "caption": ...}]``."""
+    return [{"image_id": image_id, "caption": text} for image_id, text in sorted(predictions.items())]
+
+
+def read_results(path: str | Path) -> dict[int, str]:
+    data = read_json(path, "COCO results file")
+    if not isinstance(data, list):
+        raise ValueError(f"{path} is not a COCO results file: expected a list of {{'image_id', 'caption'}}")
+    predictions = {}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or "image_id" not in item or not isinstance(item.get("caption"), str):
+            raise ValueError(f"{path}: entry {i} needs 'image_id' and a 'caption' string, got {item!r:.200}")
+        if item["image_id"] in predictions:
+            raise ValueError(f"{path}: image_id {item['image_id']} has more than one caption (entry {i})")
+        predictions[item["image_id"]] = item["caption"]
+    return predictions
+
+
+def references(annotations: str | Path) -> dict[int, list[str]]:
+    data = load_coco_json(annotations)
+    refs: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        if isinstance(ann["caption"], str) and ann["caption"].strip():
+            refs.setdefault(ann["image_id"], []).append(ann["caption"])
+    return refs
+
+
+def evaluate(
+    annotations: str | Path,
+    out_dir: str | Path,
+    *,
+    captioner: Captioner | None = None,
+    images: str | Path | None = None,
+    results_file: str | Path | None = None,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    beam_size: int = 3,
+    max_length: int | None = None,
+    length_penalty: float = 1.0,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    max_images: int = 0,
+) -> dict:
+    """Score a model (captioning ``images``) or an existing results file; writes results.json and metrics.json."""
+    out_dir = Path(out_dir)
+    refs = references(annotations)
+    errors: dict[str, str] = {}
+    if results_file is not None:
+        predictions = read_results(results_file)
+    else:
+        if captioner is None or images is None:
+            raise ValueError("evaluate needs either a results file or a model and an image folder")
+        split = read_caption_set(annotations, images)
+        if max_images:
+            split = split.subset(list(range(min(max_images, len(split)))))
+        predictions, errors = predict_split(
+            captioner, split, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
+            batch_size=batch_size, num_workers=num_workers,
+        )
+        atomic_write_json(out_dir / "results.json", results_list(predictions))
+    scores, _, skipped = compute_metrics(refs, predictions, metrics)
+    report = {
+        "annotations": str(annotations),
+        "images_scored": len(predictions),
+        "scores": scores,
+        "skipped": skipped,
+        "unreadable_images": errors,
+        "decoding": {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty},
+    }
+    if results_file is not None:
+        report["results"] = str(results_file)
+    atomic_write_json(out_dir / "metrics.json", report)
+    return report

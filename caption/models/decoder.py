@@ -1,0 +1,148 @@
+"""The Show, Attend and Tell soft-attention LSTM decoder (Xu et al. 2015).
+
+The decoder attends over a *set* of N feature vectors per item (B, N, C) with an optional validity mask
+(B, N): the grid cells of one image, or the frames x grid cells of a video, look the same to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caption.config import DecoderConfig
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: score_i = w^T tanh(W_m m_i + W_h h)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.memory_proj = nn.Linear(feature_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def forward(
+        self, memory: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        query = self.hidden_proj(hidden).unsqueeze(1)  # (B, 1, A)
+        scores = self.score(torch.tanh(projected + query)).squeeze(-1)  # (B, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        alpha = scores.softmax(dim=-1)  # (B, N)
+        context = torch.bmm(alpha.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # (B, C)
+        return context, alpha
+
+
+class AttentionLSTMDecoder(nn.Module):
+    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.feature_dim = feature_dim
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
+        self.attention = AdditiveAttention(feature_dim, cfg.hidden_dim, cfg.attention_dim)
+        self.init_h = nn.Linear(feature_dim, cfg.hidden_dim)
+        self.init_c = nn.Linear(feature_dim, cfg.hidden_dim)
+        self.gate = nn.Linear(cfg.hidden_dim, feature_dim)  # f_beta: how much of the context to let in
+        self.lstm = nn.LSTMCell(cfg.embed_dim + feature_dim, cfg.hidden_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = nn.Linear(cfg.hidden_dim, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.output.weight, -0.1, 0.1)
+        nn.init.zeros_(self.output.bias)
+
+    def start(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Project the memory once for attention and initialise (h, c) from its (masked) mean."""
+        if mask is None:
+            mean = memory.mean(dim=1)  # (B, C)
+        else:
+            weights = mask.unsqueeze(-1).to(memory.dtype)  # (B, N, 1)
+            mean = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
+        projected = self.attention.memory_proj(memory)  # (B, N, A)
+        return projected, (torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)))  # (B, H) each
+
+    def step(
+        self,
+        embedded: torch.Tensor,
+        state: State,
+        memory: torch.Tensor,
+        projected: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One word: attend with the previous hidden state, gate the context, advance the LSTM."""
+        h, c = state  # (B, H) each
+        context, alpha = self.attention(memory, projected, h, mask)  # (B, C), (B, N)
+        context = torch.sigmoid(self.gate(h)) * context  # (B, C)
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))  # (B, H) each
+        logits = self.output(self.dropout(h))  # (B, V)
+        return logits, (h, c), alpha
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        captions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        item_index: torch.Tensor | None = None,
+        pad_id: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing over ``captions`` (M, L) = <bos> w1 .. wn <eos> <pad>.. ; predicts captions[:, 1:].
+
+        ``memory`` (B, N, C) may hold fewer rows than there are captions: ``item_index`` (M,) names the
+        row of each caption, so an image with five captions is projected once, not five times.
+        Captions run longest first and step t advances only the rows still going, so padding costs
+        nothing (sgrvinod's trick). Outputs at padded steps are zero.
+        """
+        M, L = captions.shape
+        projected, (h, c) = self.start(memory, mask)  # (B, N, A), (B, H) x2
+        steps = (captions[:, 1:] != pad_id).sum(dim=1)  # (M,) words + <eos> to predict
+        steps, order = steps.sort(descending=True)  # (M,), (M,)
+        rows = order if item_index is None else item_index[order]  # (M,) memory row of each sorted caption
+        memory, projected = memory[rows], projected[rows]  # (M, N, C), (M, N, A)
+        h, c = h[rows], c[rows]  # (M, H) each
+        mask = mask[rows] if mask is not None else None  # (M, N)
+        embedded = self.embedding(captions[order, :-1])  # (M, T, E)
+        active_rows = (steps.unsqueeze(0) > torch.arange(L - 1, device=steps.device).unsqueeze(1)).sum(1).tolist()
+        logits, alphas = [], []
+        for t, b in enumerate(active_rows):
+            step_mask = mask[:b] if mask is not None else None
+            step_logits, (h, c), alpha = self.step(
+                embedded[:b, t], (h[:b], c[:b]), memory[:b], projected[:b], step_mask
+            )  # (b, V), (b, H) x2, (b, N)
+            logits.append(F.pad(step_logits, (0, 0, 0, M - b)))  # (M, V)
+            alphas.append(F.pad(alpha, (0, 0, 0, M - b)))  # (M, N)
+        inverse = order.argsort()  # (M,)
+        return torch.stack(logits, 1)[inverse], torch.stack(alphas, 1)[inverse]  # (M, T, V), (M, T, N)
+
+
+def caption_loss(
+    logits: torch.Tensor,
+    alphas: torch.Tensor,
+    captions: torch.Tensor,
+    *,
+    pad_id: int = 0,
+    label_smoothing: float = 0.0,
+    attention_reg: float = 1.0,
+    memory_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the words plus the doubly stochastic attention regulariser.
+
+    The regulariser, lambda * mean_i (1 - sum_t alpha_ti)^2, pushes the decoder to look at every
+    position at some point of the caption. Returns (total loss, cross-entropy alone).
+    """
+    targets = captions[:, 1:]  # (B, T)
+    valid = targets != pad_id  # (B, T)
+    ce = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+        ignore_index=pad_id, label_smoothing=label_smoothing,
+    )
+    if attention_reg == 0:
+        return ce, ce
+    coverage = (alphas.float() * valid.unsqueeze(-1)).sum(dim=1)  # (B, N)
+    penalty = (1.0 - coverage) ** 2  # (B, N)
+    if memory_mask is not None:
+        penalty = (penalty * memory_mask).sum() / memory_mask.sum().clamp(min=1)
+    else:
+        penalty = penalty.mean()
+    return ce + attention_reg * penalty, ce

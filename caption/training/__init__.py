@@ -1,0 +1,1 @@
+"""Training: the loop (AMP, DDP), resumable checkpoints and validation with caption metrics."""

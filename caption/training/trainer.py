@@ -1,0 +1,406 @@
+"""The training loop: AdamW with warm-up and cosine decay, gradient clipping, mixed precision on GPU,
+DistributedDataParallel under torchrun, resumable checkpoints, and validation by caption metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from caption.api import Captioner
+from caption.config import Config, ConfigError, config_from_dict
+from caption.data.coco import CaptionSet, read_caption_set
+from caption.data.datasets import (
+    FeatureCaptionDataset,
+    ImageCaptionDataset,
+    ResumableDistributedSampler,
+    collate_items,
+    image_captions,
+)
+from caption.data.images import ImageTransform
+from caption.data.vocab import Vocabulary
+from caption.evaluation.evaluate import predict_split, results_list
+from caption.evaluation.metrics import check_java, compute_metrics
+from caption.features.cache import CachedFeatures, FeatureCache
+from caption.models.captioner import CaptionModel
+from caption.models.decoder import caption_loss
+from caption.models.io import VOCAB_FILE, load_model
+from caption.training import checkpoint as ckpt
+from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
+from caption.utils.io import atomic_write_json, atomic_write_text
+from caption.utils.logging import logger
+
+# Sections that must match between a run and its resumption (the rest, e.g. epochs, may change).
+FIXED_ON_RESUME = ("data", "encoder", "decoder")
+
+
+@dataclass
+class Precision:
+    autocast_dtype: torch.dtype | None
+    use_scaler: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """GPU: bf16 autocast where supported, else fp16 with a gradient scaler. CPU: fp32 (bf16 is slow there)."""
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            logger.warning("train.precision=%s ignored on CPU: training in fp32", requested)
+        return Precision(None, False)
+    if requested == "auto":
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16":
+        return Precision(torch.bfloat16, False)
+    if requested == "fp16":
+        return Precision(torch.float16, True)
+    return Precision(None, False)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class _TrainForward(nn.Module):
+    """What DDP wraps: features (or images, when fine-tuning the encoder) and captions to logits."""
+
+    def __init__(self, model: CaptionModel, from_images: bool):
+        super().__init__()
+        self.model = model
+        self.from_images = from_images
+
+    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor):
+        memory = self.model.encode(inputs) if self.from_images else inputs  # (B, N, C)
+        return self.model.decoder(memory, captions, item_index=item_index)  # (M, T, V), (M, T, N)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    state = ckpt.rng_state()
+    if not info.enabled:
+        return [state]
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _check_resume_config(run_dir: Path, config: Config) -> None:
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = config_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8"))).to_dict()
+    current = config.to_dict()
+    for section in FIXED_ON_RESUME:
+        for key, value in current[section].items():
+            # The encoder's normalisation is resolved at build time; an empty value means "as before".
+            if value in ([], 0.0) and section == "encoder":
+                continue
+            if saved[section].get(key) != value:
+                raise ConfigError(
+                    f"cannot resume {run_dir}: {section}.{key} is {value!r} now but was {saved[section].get(key)!r}; "
+                    "resume with the run's own config.yaml or start a new output_dir"
+                )
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: bool = False):
+        self.config = config
+        self.info = setup_distributed()
+        self.run_dir = Path(config.train.output_dir)
+        self.resume_from = ckpt.read_pointer(self.run_dir, "latest") if resume else None
+        if resume and self.resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.run_dir} (no latest.json)")
+        if self.resume_from is not None:
+            _check_resume_config(self.run_dir, config)
+        if config.val.every_epochs:
+            check_java()  # fail now, not after the first epoch
+
+        _seed_everything(config.train.seed + self.info.rank)
+        self.device = self.info.device
+        self.precision = resolve_precision(config.train.precision, self.device)
+        self._build_data_and_model()
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def _build_data_and_model(self) -> None:
+        cfg, info = self.config, self.info
+        self.train_set = read_caption_set(cfg.data.train_annotations, cfg.data.train_images)
+        if self.resume_from is not None:
+            self.vocab = Vocabulary.load(self.resume_from / VOCAB_FILE)
+        else:
+            self.vocab = Vocabulary.build(self.train_set.all_captions(), cfg.data.min_word_count, cfg.data.max_caption_length)
+        self.val_set: CaptionSet | None = None
+        if cfg.val.every_epochs:
+            if not cfg.data.val_annotations:
+                raise ConfigError("config field 'data.val_annotations' is empty but validation is on (val.every_epochs > 0)")
+            self.val_set = read_caption_set(cfg.data.val_annotations, cfg.data.val_images or cfg.data.train_images)
+            if cfg.data.max_val_images and cfg.data.max_val_images < len(self.val_set):
+                self.val_set = self.val_set.subset(list(range(cfg.data.max_val_images)))
+
+        self.model = CaptionModel(cfg.encoder, cfg.decoder, len(self.vocab)).to(self.device)
+        self.use_cache = cfg.train.cache_features and self.model.encoder.frozen
+        self.val_features: CachedFeatures | None = None
+        if self.use_cache:
+            cache = FeatureCache(cfg.train.cache_dir, self.model.encoder)
+            sets = [("train", self.train_set)] + ([("val", self.val_set)] if self.val_set is not None else [])
+            built: dict[str, CachedFeatures] = {}
+            for stage in ("build", "load"):  # rank 0 builds while the others wait, then they read it
+                if (stage == "build") == info.is_main:
+                    for name, split in sets:
+                        paths = [str(p) for p in split.paths()]
+                        built[name] = cache.get_or_build(
+                            paths, device=self.device, batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
+                        ) if stage == "build" else cache.load(paths)
+                if stage == "build":
+                    barrier(info)
+            train_features = built["train"]
+            self.val_features = built.get("val")
+            items = image_captions(self.train_set, self.vocab, train_features.valid)
+            self.train_data = FeatureCaptionDataset(train_features.features, items)
+            workers = 0  # rows come straight from the page cache; worker start-up costs more than it saves
+        else:
+            transform = ImageTransform(cfg.encoder.image_size, self.model.encoder_cfg.mean, self.model.encoder_cfg.std)
+            self.train_data = ImageCaptionDataset(self.train_set, image_captions(self.train_set, self.vocab), transform)
+            workers = cfg.train.num_workers
+        if len(self.train_data) == 0:
+            raise ValueError(f"{cfg.data.train_annotations}: no training images left after skipping unreadable ones")
+
+        self.sampler = ResumableDistributedSampler(
+            self.train_data, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
+        )
+        self.loader = DataLoader(
+            self.train_data, batch_size=cfg.train.batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate_items, pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator(),  # iterating must not draw from the global RNG
+        )
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / cfg.train.batch_size)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+
+        groups = [{"params": [p for p in self.model.decoder.parameters()], "lr": cfg.train.lr}]
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": cfg.train.encoder_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_lambda(cfg.train.warmup_steps, self.total_steps, cfg.train.schedule, cfg.train.min_lr_ratio),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
+        step_module = _TrainForward(self.model, from_images=not self.use_cache)
+        self.forward = (
+            DistributedDataParallel(step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if info.enabled else step_module
+        )
+        self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None}
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, checkpoint: Path) -> None:
+        model, _, _ = load_model(checkpoint)
+        self.model.load_state_dict(model.state_dict())
+        state = ckpt.load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if len(rng) == self.info.world_size:
+            ckpt.set_rng_state(rng[self.info.rank])
+        else:
+            logger.warning("resuming with %d processes instead of %d: random streams are re-seeded",
+                           self.info.world_size, len(rng))
+            _seed_everything(self.config.train.seed + self.info.rank + state["progress"]["global_step"])
+        self.progress = state["progress"]
+        logger.info("resumed from %s at epoch %d, step %d", checkpoint, self.progress["epoch"] + 1,
+                    self.progress["global_step"])
+
+    # --------------------------------------------------------------------------------------- the loop
+    def _save(self, best: dict[str, Any] | None = None) -> Path | None:
+        rng = _gather_rng(self.info)  # a collective: every rank takes part
+        if not self.info.is_main:
+            return None
+        name = f"epoch{self.progress['epoch']:03d}-step{self.progress['global_step']:08d}"
+        target = ckpt.save_checkpoint(
+            self.run_dir, name, model=self.model, vocab=self.vocab, optimizer=self.optimizer,
+            scheduler=self.scheduler, scaler=self.scaler, progress=dict(self.progress), rng_states=rng,
+            model_extra={"trained_on": self.config.data.train_annotations, "progress": dict(self.progress)},
+            best=best,
+        )
+        ckpt.prune_checkpoints(self.run_dir)
+        return target
+
+    def fit(self) -> dict[str, Any]:
+        cfg, info = self.config, self.info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())  # encoder fields resolved by now
+            logger.info(
+                "training on %s (%s, %d process%s): %d images, %d steps/epoch, %s",
+                self.device, self.precision.name, info.world_size, "es" if info.enabled else "",
+                len(self.train_data), self.steps_per_epoch,
+                "cached features" if self.use_cache else "images through the encoder",
+            )
+        log_file = self.run_dir / "log.jsonl"
+        record: dict[str, Any] = {}
+        try:
+            while self.progress["epoch"] < cfg.train.epochs and not self._out_of_steps():
+                record = self._train_epoch()
+                if self.progress["step_in_epoch"] < self.steps_per_epoch:  # stopped early by train.max_steps
+                    self._save()
+                    break
+                epoch = self.progress["epoch"]
+                best = None
+                if cfg.val.every_epochs and (epoch + 1) % cfg.val.every_epochs == 0:
+                    record["val"] = self._validate()
+                    if record["val"]["is_best"]:
+                        best = {"metric": cfg.val.select_metric, "score": self.progress["best_score"], "epoch": epoch + 1}
+                self.progress.update(epoch=epoch + 1, step_in_epoch=0)
+                self._save(best)
+                if info.is_main:
+                    _append_jsonl(log_file, record)
+        finally:
+            cleanup(info)
+        return record
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.config.train.max_steps) and self.progress["global_step"] >= self.config.train.max_steps
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg, info = self.config, self.info
+        epoch = self.progress["epoch"]
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(self.progress["step_in_epoch"] * cfg.train.batch_size)
+        self.model.train()
+        autocast = (torch.autocast("cuda", dtype=self.precision.autocast_dtype)
+                    if self.precision.autocast_dtype else nullcontext())
+        totals = {"loss": 0.0, "ce": 0.0, "captions": 0, "steps": 0}
+        started = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not info.is_main,
+                   initial=self.progress["step_in_epoch"], total=self.steps_per_epoch, dynamic_ncols=True)
+        for batch in bar:
+            if batch is None:  # every image of the batch was unreadable (already reported)
+                self.progress["step_in_epoch"] += 1
+                continue
+            # (B, N, C) features or (B, 3, S, S) images; (M, L) captions; (M,) image row of each caption
+            inputs, captions, item_index = (t.to(self.device, non_blocking=True) for t in batch)
+            with autocast:
+                logits, alphas = self.forward(inputs, captions, item_index)  # (M, T, V), (M, T, N)
+            loss, ce = caption_loss(
+                logits, alphas, captions, pad_id=self.vocab.pad_id,
+                label_smoothing=cfg.train.label_smoothing, attention_reg=cfg.train.attention_reg,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+
+            self.progress["step_in_epoch"] += 1
+            self.progress["global_step"] += 1
+            size = captions.shape[0]
+            totals["loss"] += loss.item() * size
+            totals["ce"] += ce.item() * size
+            totals["captions"] += size
+            totals["steps"] += 1
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss.item():.3f}", captions_s=f"{totals['captions'] * info.world_size / elapsed:.0f}")
+            if cfg.train.save_every_steps and self.progress["global_step"] % cfg.train.save_every_steps == 0:
+                self._save()
+            if self._out_of_steps():
+                break
+        bar.close()
+        elapsed = time.perf_counter() - started
+        captions = max(1, totals["captions"])
+        return {
+            "epoch": epoch + 1,
+            "global_step": self.progress["global_step"],
+            "train_loss": totals["loss"] / captions,
+            "train_ce": totals["ce"] / captions,
+            "lr": self.scheduler.get_last_lr()[0],
+            "captions_per_s": totals["captions"] * info.world_size / elapsed if elapsed else 0.0,
+            "epoch_time_s": elapsed,
+            "world_size": info.world_size,
+            "precision": self.precision.name,
+        }
+
+    # ----------------------------------------------------------------------------------- validation
+    def _validate(self) -> dict[str, Any]:
+        """Rank 0 captions the dev split with beam search and scores it; the best score so far is kept."""
+        cfg = self.config
+        result: dict[str, Any] = {}
+        if self.info.is_main:
+            assert self.val_set is not None
+            self.model.eval()
+            captioner = Captioner(self.model, self.vocab, self.device)
+            predictions, _ = predict_split(
+                captioner, self.val_set, features=self.val_features, beam_size=cfg.val.beam_size,
+                max_length=cfg.val.max_length, length_penalty=cfg.val.length_penalty,
+                batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
+            )
+            scores, _, skipped = compute_metrics(self.val_set.captions, predictions, cfg.val.metrics)
+            logger.info("validation, epoch %d: %s", self.progress["epoch"] + 1,
+                        ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            score = scores[cfg.val.select_metric]
+            best = self.progress["best_score"]
+            result = {
+                "scores": scores,
+                "distinct_captions": len(set(predictions.values())),
+                "images": len(predictions),
+                "skipped": skipped,
+                "is_best": best is None or score > best,
+            }
+            if result["is_best"]:
+                self.progress["best_score"] = score
+                atomic_write_json(self.run_dir / "val_results_best.json", results_list(predictions))
+        if self.info.enabled:
+            payload = [self.progress["best_score"], result]
+            dist.broadcast_object_list(payload, src=0)
+            self.progress["best_score"], result = payload
+        self.model.train()
+        return result
+
+
+def train(config: Config, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run; returns the last epoch's log record."""
+    return Trainer(config, resume=resume).fit()

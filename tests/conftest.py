@@ -1,0 +1,83 @@
+"""Shared fixtures. Real data is read in place from $CAPTION_DATA (default ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data")).resolve()
+FLICKR = DATA / "flickr8k"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set CAPTION_DATA to the shared data folder)")
+    return path
+
+
+def require_java() -> None:
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed (the COCO caption metrics need it; `make test` installs it)")
+
+
+@pytest.fixture(scope="session")
+def flickr_dir() -> Path:
+    return require(FLICKR)
+
+
+@pytest.fixture(scope="session")
+def flickr_splits(tmp_path_factory, flickr_dir) -> dict[str, Path]:
+    """The official Flickr8k train/dev splits converted to COCO JSON (done once per session)."""
+    from caption.data.convert import convert_flickr8k
+
+    out = tmp_path_factory.mktemp("flickr8k")
+    splits = {name: flickr_dir / f"Flickr_8k.{name}Images.txt" for name in ("train", "dev")}
+    return convert_flickr8k(flickr_dir / "Flickr8k.token.txt", splits, out)
+
+
+def write_subset(source: Path, target: Path, count: int, captions_per_image: int | None = None) -> Path:
+    """The first ``count`` images of a COCO caption file (optionally with fewer captions each)."""
+    data = json.loads(source.read_text())
+    images = data["images"][:count]
+    ids = {image["id"] for image in images}
+    annotations, seen = [], {}
+    for ann in data["annotations"]:
+        if ann["image_id"] in ids and seen.get(ann["image_id"], 0) < (captions_per_image or 99):
+            seen[ann["image_id"]] = seen.get(ann["image_id"], 0) + 1
+            annotations.append(ann)
+    target.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return target
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    from caption.api import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def lite0_encoder():
+    from caption.config import EncoderConfig
+    from caption.features.encoder import ImageEncoder
+
+    return ImageEncoder(EncoderConfig()).eval()
+
+
+@pytest.fixture(scope="session")
+def few_real_images(flickr_splits, flickr_dir, lite0_encoder, tmp_path_factory):
+    """Eight real Flickr8k train images, their captions, and their cached lite0 features."""
+    import torch
+
+    from caption.data.coco import read_caption_set
+    from caption.features.cache import FeatureCache
+
+    split = read_caption_set(flickr_splits["train"], flickr_dir / "images").subset(list(range(8)))
+    cache = FeatureCache(tmp_path_factory.mktemp("features"), lite0_encoder)
+    features = cache.get_or_build([str(p) for p in split.paths()], device=torch.device("cpu"), num_workers=0)
+    return split, features

@@ -1,0 +1,143 @@
+"""The one-call API and the command line with the shipped default model, on real photos and bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caption.api import Captioner
+from caption.data.images import ImageLoadError, load_image
+from caption.decoding.beam import beam_search
+from tests.conftest import REPO, require, require_java, write_subset
+
+
+@pytest.fixture(scope="module")
+def captioner() -> Captioner:
+    return Captioner.load()
+
+
+@pytest.fixture(scope="module")
+def photos(flickr_dir) -> list[str]:
+    return [str(p) for p in sorted((require(flickr_dir / "photos_fullres")).glob("*.jpg"))]
+
+
+def _bad_files(tmp_path, photo: str):
+    truncated = tmp_path / "truncated.jpg"
+    data = Path(photo).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])  # a real JPEG cut off half-way
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    return [truncated, empty, text, tmp_path / "missing.jpg"]
+
+
+def test_caption_one_photo_and_a_mixed_list(captioner, photos):
+    result = captioner.caption(photos[0], beam_size=3)
+    assert result.ok and len(result.words) >= 3 and result.text == " ".join(result.words)
+    assert result.attention.shape == (len(result.words), 49) and result.grid == (7, 7)
+    assert len(result.beams) == 3 and result.beams[0]["text"] == result.text
+    assert "<unk>" not in result.text
+
+    pil = Image.open(photos[1])
+    array = np.asarray(Image.open(photos[2]).convert("RGB"))
+    results = captioner.caption([photos[1], pil, array], beam_size=2)
+    assert [r.ok for r in results] == [True, True, True]
+    assert results[0].text == results[1].text  # the same photo as a path and as a PIL image
+    assert results[2].source.startswith("array(")
+
+
+def test_a_corrupt_file_in_a_batch_is_named_and_the_others_are_captioned(captioner, photos, tmp_path):
+    bad = _bad_files(tmp_path, photos[3])
+    inputs = [photos[0], str(bad[0]), photos[1], str(bad[1]), str(bad[2]), str(bad[3]), photos[2]]
+    results = captioner.caption(inputs, skip_errors=True, batch_size=4)
+    assert [r.ok for r in results] == [True, False, True, False, False, False, True]
+    assert "truncated.jpg" in results[1].source and "corrupt or truncated" in results[1].error
+    assert "empty (0 bytes)" in results[3].error
+    assert "not an image file" in results[4].error
+    assert "file not found" in results[5].error
+    with pytest.raises(ImageLoadError, match="truncated.jpg: the image data is corrupt or truncated"):
+        captioner.caption([photos[0], str(bad[0])])
+
+
+def test_predict_command_prints_captions_and_names_bad_files(photos, tmp_path):
+    bad = _bad_files(tmp_path, photos[3])
+    command = [sys.executable, "-m", "caption.cli", "predict", photos[0], str(bad[0]), photos[1], "--workers", "0"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [photos[0], photos[1]]
+    assert all(len(line.split("\t")[1].split()) >= 3 for line in lines)
+    assert f"error: {bad[0]}: the image data is corrupt or truncated" in result.stderr
+    assert "2 captioned, 1 could not be read" in result.stderr
+
+    command = [sys.executable, "-m", "caption.cli", "predict", photos[0], "--format", "json", "--attention",
+               "--beam-size", "2", "--workers", "0"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (item,) = json.loads(result.stdout)
+    assert item["source"] == photos[0] and len(item["beams"]) == 2
+    assert np.asarray(item["attention"]).shape == (len(item["caption"].split()), 49)
+
+
+def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def test_awkward_but_valid_images_are_read_upright_in_rgb(photos, tmp_path):
+    photo = Image.open(photos[0]).convert("RGB")  # landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = photo.transpose(Image.Transpose.ROTATE_90)  # what a phone held upright stores
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(_jpeg_bytes(stored, exif=exif))
+    assert load_image(rotated).size == photo.size
+
+    grey = tmp_path / "grey.png"
+    photo.convert("L").save(grey)
+    cmyk = tmp_path / "cmyk.jpg"
+    photo.convert("CMYK").save(cmyk)
+    alpha = tmp_path / "alpha.png"
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(alpha)
+    for path in (grey, cmyk, alpha):
+        assert load_image(path).mode == "RGB"
+    assert load_image(alpha).getpixel((0, 0)) == (255, 255, 255)  # transparent shows as white
+
+
+def test_batched_beam_search_matches_per_image_on_the_shipped_model(captioner, flickr_splits, flickr_dir, tmp_path):
+    dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 6)
+    paths = [str(flickr_dir / "images" / image["file_name"]) for image in json.loads(dev.read_text())["images"]]
+    memory = captioner.encode(torch.stack([captioner.transform.load(p) for p in paths]))  # (6, 49, 1280)
+    decoder = captioner.model.decoder
+    batched = beam_search(decoder, memory, beam_size=3, max_length=20)
+    for i in range(len(paths)):
+        single = beam_search(decoder, memory[i : i + 1], beam_size=3, max_length=20)[0]
+        assert batched[i][0].tokens == single[0].tokens
+        assert batched[i][0].score == pytest.approx(single[0].score, abs=1e-4)
+
+
+def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr_dir, tmp_path):
+    """A regression guard on 100 dev images (the full dev-split figures are in the model card)."""
+    require_java()
+    from caption.evaluation.evaluate import evaluate
+
+    dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 100)
+    report = evaluate(dev, tmp_path / "eval", captioner=captioner, images=flickr_dir / "images",
+                      metrics=["BLEU", "CIDEr"], beam_size=3)
+    assert report["images_scored"] == 100
+    assert report["scores"]["Bleu_4"] > 0.15
+    assert report["scores"]["CIDEr"] > 0.35
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert len({r["caption"] for r in results}) > 40  # not one caption for everything

@@ -131,6 +131,7 @@ class ValConfig:
     beam_size: int = 3
     max_length: int = 20
     length_penalty: float = 1.0
+    # Images per batch whenever images are encoded (the feature cache) or captioned (validation).
     batch_size: int = 64
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
     select_metric: str = "CIDEr"

@@ -26,7 +26,7 @@ def _train(decoder, memory, captions, item_index, steps, lr):
         loss.backward()
         optimizer.step()
     decoder.eval()
-    return float(ce)
+    return ce.item()
 
 
 @pytest.fixture(scope="module")
@@ -133,4 +133,4 @@ def test_loss_ignores_padding_and_weights_the_attention_regulariser():
     assert total == ce
     total, ce = caption_loss(logits, alphas, captions, attention_reg=2.0)
     coverage = alphas.sum(dim=1)  # padded steps are zero
-    assert float(total - ce) == pytest.approx(2.0 * float(((1 - coverage) ** 2).mean()), rel=1e-5)
+    assert (total - ce).item() == pytest.approx(2.0 * ((1 - coverage) ** 2).mean().item(), rel=1e-5)

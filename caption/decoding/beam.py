@@ -58,17 +58,18 @@ def beam_search(
     log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
     lengths = torch.zeros(B, K, device=device)  # (B, K) tokens emitted, <eos> included
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (B, K)
-    sequences = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, t)
-    attention = torch.zeros(B, K, 0, N, device=device)  # (B, K, t, N)
+    banned = torch.zeros(V, dtype=torch.bool, device=device)  # (V,)
+    banned[list(banned_ids)] = True
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
-    done_row = torch.full((V,), float("-inf"), device=device)
+    done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
     batch_offsets = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
+    # Back-pointers: after step t, beam j extends beam parents[t][:, j] with words[t][:, j].
+    parents, words, alphas = [], [], []
 
     for t in range(max_length + 1):
         logits, (h, c), alpha = decoder.step(decoder.embedding(tokens), (h, c), memory, projected, mask)
-        logits = logits.float()
-        logits[:, list(banned_ids)] = float("-inf")
+        logits = logits.float().masked_fill(banned, float("-inf"))  # (B*K, V)
         step = torch.log_softmax(logits, dim=-1).view(B, K, V)  # (B, K, V)
         if t == max_length:  # out of words: every open beam must end here
             step = done_row.expand(B, K, V) + step[..., eos_id : eos_id + 1]
@@ -86,28 +87,38 @@ def beam_search(
         finished = was_finished | (word == eos_id)  # (B, K)
         rows = (batch_offsets + parent).view(-1)  # (B*K,) flat index of each parent beam
         h, c = h[rows], c[rows]  # (B*K, H) each
-        sequences = torch.cat([sequences.view(B * K, -1)[rows].view(B, K, -1), word.unsqueeze(-1)], dim=2)
-        attention = torch.cat(
-            [attention.view(B * K, -1, N)[rows].view(B, K, -1, N), alpha[rows].view(B, K, 1, N).float()], dim=2
-        )  # (B, K, t+1, N)
+        parents.append(parent)
+        words.append(word)
+        alphas.append(alpha[rows].view(B, K, N).float())  # (B, K, N) where each new beam's word looked
         tokens = word.view(-1)  # (B*K,)
         if bool(finished.all()):
             break
 
     scores = log_probs / lengths.clamp(min=1) ** length_penalty  # (B, K)
     order = scores.argsort(dim=1, descending=True)  # (B, K)
-    sequences, attention, lengths = sequences.cpu(), attention.cpu(), lengths.long().cpu()
-    log_probs, scores, order = log_probs.cpu(), scores.cpu(), order.cpu()
+    # Follow the back-pointers from the final beams (best first) to the first word.
+    steps = len(words)
+    sequences = torch.zeros(B, K, steps, dtype=torch.long, device=device)  # (B, K, T)
+    attention = torch.zeros(B, K, steps, N, device=device)  # (B, K, T, N)
+    beam = order  # (B, K) index into the beams after the last step
+    for t in range(steps - 1, -1, -1):
+        sequences[:, :, t] = words[t].gather(1, beam)
+        attention[:, :, t] = alphas[t].gather(1, beam.unsqueeze(-1).expand(B, K, N))
+        beam = parents[t].gather(1, beam)
+
+    sequences, attention = sequences.cpu(), attention.cpu()
+    lengths = lengths.gather(1, order).long().cpu()  # (B, K) in best-first order
+    log_probs, scores = log_probs.gather(1, order).cpu(), scores.gather(1, order).cpu()
     results = []
     for b in range(B):  # unpacking only: the search above ran on all items at once
         beams = []
-        for k in order[b].tolist():
-            words = int(lengths[b, k]) - 1  # the last emitted token is <eos>
+        for k in range(K):
+            n_words = int(lengths[b, k]) - 1  # the last emitted token is <eos>
             beams.append(Hypothesis(
-                tokens=sequences[b, k, :words].tolist(),
+                tokens=sequences[b, k, :n_words].tolist(),
                 log_prob=float(log_probs[b, k]),
                 score=float(scores[b, k]),
-                attention=attention[b, k, :words].numpy(),
+                attention=attention[b, k, :n_words].numpy(),
             ))
         results.append(beams)
     return results

@@ -44,6 +44,7 @@ from caption.training import checkpoint as ckpt
 from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from caption.utils.io import atomic_write_json, atomic_write_text
 from caption.utils.logging import logger
+from caption.utils.runtime import peak_memory_mb
 
 # Sections that must match between a run and its resumption (the rest, e.g. epochs, may change).
 FIXED_ON_RESUME = ("data", "encoder", "decoder")
@@ -362,6 +363,7 @@ class Trainer:
             "epoch_time_s": elapsed,
             "world_size": info.world_size,
             "precision": self.precision.name,
+            "peak_memory_mb": round(peak_memory_mb(self.device)),
         }
 
     # ----------------------------------------------------------------------------------- validation

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
+
+import torch
 
 MALLOC_SETTINGS = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
@@ -32,3 +35,10 @@ def reexec_with_malloc_tuning() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by PyTorch on CUDA; the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

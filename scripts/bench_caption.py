@@ -1,0 +1,112 @@
+"""Captioning throughput with the shipped model: the encoder alone, end to end (files to captions,
+beam 3) at several batch sizes, one image at a time as the baseline, and one full-size photo's latency.
+
+    python scripts/bench_caption.py [--images 192] [--batch-sizes 1 8 32 64] [--device auto]
+
+Images are Flickr8k dev photos and the full-size sample photos ($CAPTION_DATA, default ../shared/data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import DATA, machine, peak_memory_mb, print_table, run_isolated  # noqa: E402
+
+from caption.api import Captioner  # noqa: E402
+from caption.utils.runtime import reexec_with_malloc_tuning  # noqa: E402
+
+REFERENCE_IMAGES_PER_S = 5.13  # ../shared/ANCHORS.md: the tutorial, one image at a time, beam 3
+REFERENCE_PHOTO_MS = 247.0
+
+
+def dev_images(count: int) -> list[str]:
+    names = (DATA / "flickr8k" / "Flickr_8k.devImages.txt").read_text().split()
+    return [str(DATA / "flickr8k" / "images" / n) for n in names[:count]]
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_case(case: str, count: int, device: torch.device, workers: int) -> dict:
+    kind, _, size = case.partition(":")
+    batch = int(size or 1)
+    captioner = Captioner.load(device=device)
+    paths = dev_images(count)
+    if kind == "encoder":
+        images = torch.stack([captioner.transform.load(p) for p in paths])  # decoded up front: encoder only
+        chunks = list(torch.split(images, batch))
+        captioner.encode(chunks[0])  # warm-up
+        seconds = timed(lambda: [captioner.encode(c) for c in chunks], device)
+        return {"case": f"encoder only, batch {batch}", "batch": batch, "images_per_s": count / seconds,
+                "peak_mb": peak_memory_mb(device)}
+    if kind == "latency":
+        photos = sorted(str(p) for p in (DATA / "flickr8k" / "photos_fullres").glob("*.jpg"))
+        captioner.caption(photos[0], num_workers=0)  # warm-up
+        times = [timed(lambda p=p: captioner.caption(p, num_workers=0), device) for p in photos]
+        return {"case": "one full-size photo, beam 3 (median)", "batch": 1, "ms": 1000 * sorted(times)[len(times) // 2],
+                "peak_mb": peak_memory_mb(device)}
+    workers = 0 if kind == "single" else workers
+    list(captioner.iter_captions(paths[:batch], batch_size=batch, num_workers=0))  # warm-up
+    seconds = timed(lambda: list(captioner.iter_captions(paths, beam_size=3, batch_size=batch, num_workers=workers)),
+                    device)
+    label = "baseline: one image at a time" if kind == "single" else f"end to end, batch {batch}"
+    return {"case": f"{label}, beam 3", "batch": batch, "images_per_s": count / seconds, "peak_mb": peak_memory_mb(device)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=192)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes end to end")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    reexec_with_malloc_tuning()  # as the caption command does; the cases inherit it
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.case:
+        print(json.dumps(run_case(args.case, args.images, device, args.workers)))
+        return 0
+    if not (DATA / "flickr8k" / "Flickr_8k.devImages.txt").is_file():
+        print(f"needs the Flickr8k dev photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
+        return 2
+    common = ["--images", str(args.images), "--device", str(device), "--workers", str(args.workers)]
+    baseline = run_isolated(__file__, "single", common)
+    rows = [baseline]
+    for batch in args.batch_sizes:
+        encoder = run_isolated(__file__, f"encoder:{batch}", common)
+        end_to_end = run_isolated(__file__, f"batched:{batch}", common)
+        end_to_end["of_encoder"] = f"{end_to_end['images_per_s'] / encoder['images_per_s']:.0%}"
+        rows += [encoder, end_to_end]
+    for row in rows:
+        row["vs_baseline"] = f"{row['images_per_s'] / baseline['images_per_s']:.1f}x"
+        if device.type == "cpu" and not row["case"].startswith("encoder"):
+            row["vs_reference"] = f"{row['images_per_s'] / REFERENCE_IMAGES_PER_S:.1f}x"
+    latency = run_isolated(__file__, "latency", common)
+    print_table(
+        f"Captioning throughput on {device} ({machine()}), {args.images} Flickr8k dev images; "
+        f"reference = the tutorial's {REFERENCE_IMAGES_PER_S} images/s from ANCHORS.md",
+        rows, [("case", "case"), ("images/s", "images_per_s"), ("end to end / encoder", "of_encoder"),
+               ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference"), ("peak memory MB", "peak_mb")],
+    )
+    print(f"\nOne full-size photo, model loaded, beam 3: {latency['ms']:.0f} ms median "
+          f"(reference {REFERENCE_PHOTO_MS:.0f} ms, {REFERENCE_PHOTO_MS / latency['ms']:.1f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Decoder-training throughput: cached features (ours) against re-encoding every image for every
+caption (the reference tutorial's way), measured in the same run, each case in its own process.
+
+    python scripts/bench_train.py [--steps 15] [--device auto]
+
+Captions are the real Flickr8k train captions ($CAPTION_DATA, default ../shared/data) and the baseline
+reads the real photos; the cached case reads an fp16 memory-mapped feature file, as training does.
+On CUDA it adds bf16 and fp16 mixed precision and a larger batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import DATA, machine, peak_memory_mb, print_table, run_isolated  # noqa: E402
+
+from caption.config import DecoderConfig, EncoderConfig  # noqa: E402
+from caption.data.coco import read_caption_set  # noqa: E402
+from caption.data.convert import convert_flickr8k  # noqa: E402
+from caption.data.datasets import collate_items  # noqa: E402
+from caption.data.images import ImageTransform  # noqa: E402
+from caption.data.vocab import Vocabulary  # noqa: E402
+from caption.features.encoder import ImageEncoder  # noqa: E402
+from caption.models.decoder import AttentionLSTMDecoder, caption_loss  # noqa: E402
+from caption.utils.runtime import reexec_with_malloc_tuning  # noqa: E402
+
+REFERENCE_CAPTIONS_PER_S = 8.4  # ../shared/ANCHORS.md: the tutorial implementation on this machine kind
+CASES = {
+    # name: (cached features?, images per batch or captions per batch for the baseline, precision)
+    "baseline: re-encode per caption, batch 32 captions": ("baseline", 32, "fp32"),
+    "ours: cached features, 16 images (~80 captions)": ("cached", 16, "fp32"),
+    "ours: cached features, 16 images, bf16 autocast": ("cached", 16, "bf16"),
+    "ours: cached features, 16 images, fp16 + grad scaler": ("cached", 16, "fp16"),
+    "ours: cached features, 64 images, bf16 autocast": ("cached", 64, "bf16"),
+}
+
+
+def load_items(limit: int = 2000):
+    """Real Flickr8k train images and captions (the first ``limit`` images)."""
+    root = DATA / "flickr8k"
+    with tempfile.TemporaryDirectory() as tmp:
+        written = convert_flickr8k(root / "Flickr8k.token.txt", {"train": root / "Flickr_8k.trainImages.txt"}, tmp)
+        split = read_caption_set(written["train"], root / "images")
+    split = split.subset(list(range(min(limit, len(split)))))
+    vocab = Vocabulary.build(split.all_captions(), min_count=5)
+    items = [(i, [vocab.encode(t) for t in split.captions[image_id]]) for i, image_id in enumerate(split.image_ids)]
+    return split, vocab, items
+
+
+def run_case(name: str, steps: int, device: torch.device) -> dict:
+    mode, batch, precision = CASES[name]
+    torch.manual_seed(0)
+    split, vocab, items = load_items()
+    encoder = ImageEncoder(EncoderConfig()).to(device).eval()
+    decoder = AttentionLSTMDecoder(len(vocab), encoder.feature_dim, DecoderConfig()).to(device).train()
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=4e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    rng = np.random.default_rng(0)
+
+    if mode == "cached":
+        # An fp16 memory-mapped feature file, read row by row as the training dataset does.
+        handle = tempfile.NamedTemporaryFile(suffix=".npy")  # noqa: SIM115 - lives as long as the case
+        features = np.lib.format.open_memmap(handle.name, mode="w+", dtype=np.float16,
+                                             shape=(len(split), encoder.num_positions, encoder.feature_dim))
+        for row in range(len(features)):  # row by row: no full-size float32 temporary
+            features[row] = rng.random(features.shape[1:], dtype=np.float32)
+
+        def next_batch():
+            rows = rng.choice(len(items), size=batch, replace=False)
+            loaded = [(torch.from_numpy(np.asarray(features[items[r][0]], dtype=np.float32)), items[r][1]) for r in rows]
+            memory, captions, index = collate_items(loaded)
+            return memory.to(device), captions.to(device), index.to(device)
+    else:
+        transform = ImageTransform(224, encoder.cfg.mean, encoder.cfg.std)
+        pairs = [(i, caption) for i, captions in items for caption in captions]
+
+        def next_batch():
+            chosen = [pairs[k] for k in rng.choice(len(pairs), size=batch, replace=False)]
+            images = torch.stack([transform.load(split.path(i)) for i, _ in chosen]).to(device)
+            with torch.no_grad(), autocast:
+                memory = encoder(images).float()  # every caption pays for its image again
+            _, captions, index = collate_items([(m, [c]) for m, (_, c) in zip(memory.cpu(), chosen)])
+            return memory, captions.to(device), index.to(device)
+
+    def step() -> int:
+        memory, captions, index = next_batch()
+        with autocast:
+            logits, alphas = decoder(memory, captions, item_index=index)
+        loss, _ = caption_loss(logits, alphas, captions)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss became {loss.item()}")
+        return captions.shape[0]
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    captions = sum(step() for _ in range(steps))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {"case": name, "captions_per_s": captions / elapsed, "peak_mb": peak_memory_mb(device), "steps": steps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per case")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    reexec_with_malloc_tuning()  # as the caption command does; the cases inherit it
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.case:
+        print(json.dumps(run_case(args.case, args.steps, device)))
+        return 0
+    if not (DATA / "flickr8k" / "Flickr8k.token.txt").is_file():
+        print(f"needs the Flickr8k captions and photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
+        return 2
+    names = [n for n, (_, _, precision) in CASES.items() if device.type == "cuda" or precision == "fp32"]
+    rows = [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
+    base = rows[0]["captions_per_s"]
+    for row in rows:
+        row["vs_baseline"] = f"{row['captions_per_s'] / base:.1f}x"
+        row["vs_reference"] = f"{row['captions_per_s'] / REFERENCE_CAPTIONS_PER_S:.1f}x" if device.type == "cpu" else "-"
+    print_table(
+        f"Decoder training throughput on {device} ({machine()}); reference = the tutorial's "
+        f"{REFERENCE_CAPTIONS_PER_S} captions/s from ANCHORS.md",
+        rows, [("case", "case"), ("captions/s", "captions_per_s"), ("peak memory MB", "peak_mb"),
+               ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,7 +43,7 @@ prepare-flickr8k: install
 # Reproduces models/flickr8k-lite0 (about 2 hours on 2 CPU cores).
 train-default: prepare-flickr8k
 	$(BIN)/caption train --config configs/flickr8k_lite0.yaml
-	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16
+	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16 --beam-size 3 --length-penalty 0.75
 
 clean:
 	rm -rf $(VENV) cache runs data .pytest_cache

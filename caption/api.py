@@ -17,6 +17,7 @@ from caption.decoding.beam import Hypothesis
 from caption.features.batching import iter_image_batches
 from caption.models.captioner import CaptionModel
 from caption.models.io import is_model_dir, load_model
+from caption.utils.runtime import cuda_autocast
 
 DEFAULT_MODEL = "flickr8k-lite0"
 MODELS_ENV = "CAPTION_MODELS_DIR"
@@ -87,6 +88,19 @@ class Captioner:
         cfg = model.encoder_cfg
         self.transform = ImageTransform(cfg.image_size, cfg.mean, cfg.std)
         self.grid = (cfg.grid_size, cfg.grid_size)
+        self.path: Path | None = None  # the model directory, when loaded from one
+        # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length normalisation.
+        self.decoding = {"beam_size": 3, "max_length": vocab.max_length, "length_penalty": 1.0,
+                         **self.meta.get("decoding", {})}
+
+    def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None) -> dict[str, Any]:
+        """The decoding settings to use: the arguments given, the model's defaults for the rest."""
+        given = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
+        settings = {k: self.decoding[k] if v is None else v for k, v in given.items()}
+        if settings["beam_size"] < 1 or settings["max_length"] < 1 or settings["length_penalty"] < 0:
+            raise ValueError(f"bad decoding settings {settings}: beam_size and max_length must be at least 1, "
+                             "length_penalty 0 or more")
+        return settings
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> Captioner:
@@ -97,7 +111,7 @@ class Captioner:
         return captioner
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return cuda_autocast(self.device)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,19 +126,15 @@ class Captioner:
         mask: torch.Tensor | None = None,
         *,
         sources: Sequence[str] | None = None,
-        beam_size: int = 3,
+        beam_size: int | None = None,
         max_length: int | None = None,
-        length_penalty: float = 1.0,
+        length_penalty: float | None = None,
     ) -> list[CaptionResult]:
         """Caption precomputed features (B, N, C): all items and all beams in one batched search."""
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-        max_length = max_length or self.vocab.max_length
+        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
         with self._autocast():
-            hypotheses = self.model.generate(
-                memory.to(self.device), None if mask is None else mask.to(self.device),
-                beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
-            )
+            hypotheses = self.model.generate(memory.to(self.device), None if mask is None else mask.to(self.device),
+                                             **settings)
         sources = sources or [f"item {i}" for i in range(len(hypotheses))]
         return [self._result(source, beams) for source, beams in zip(sources, hypotheses)]
 
@@ -145,9 +155,9 @@ class Captioner:
         self,
         inputs: Sequence[ImageInput],
         *,
-        beam_size: int = 3,
+        beam_size: int | None = None,
         max_length: int | None = None,
-        length_penalty: float = 1.0,
+        length_penalty: float | None = None,
         batch_size: int = 16,
         num_workers: int = 2,
     ) -> Iterator[CaptionResult]:
@@ -172,9 +182,9 @@ class Captioner:
         self,
         inputs: ImageInput | Sequence[ImageInput],
         *,
-        beam_size: int = 3,
+        beam_size: int | None = None,
         max_length: int | None = None,
-        length_penalty: float = 1.0,
+        length_penalty: float | None = None,
         batch_size: int = 16,
         num_workers: int = 2,
         skip_errors: bool = False,

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from caption.evaluation.metrics import METRIC_NAMES
 from caption.utils.logging import logger, setup_logging
 from caption.utils.runtime import reexec_with_malloc_tuning
 
@@ -93,6 +94,9 @@ def _export(args: argparse.Namespace) -> int:
     model, vocab, meta = load_model(source)
     extra = {k: v for k, v in meta.items() if k not in ("format", "encoder", "decoder", "vocab_size", "feature_dim",
                                                           "encoder_weights_included")}
+    chosen = {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
+    if any(v is not None for v in chosen.values()):
+        extra["decoding"] = {**extra.get("decoding", {}), **{k: v for k, v in chosen.items() if v is not None}}
     save_model(model, vocab, args.out, dtype=torch.float16 if args.fp16 else None, extra=extra)
     print(f"exported {source} -> {args.out}")
     return 0
@@ -117,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="flickr8k-lite0", help="model directory, training run, or shipped name")
-        p.add_argument("--beam-size", type=int, default=3)
-        p.add_argument("--max-length", type=int, default=None, help="most words in a caption (default: the model's)")
-        p.add_argument("--length-penalty", type=float, default=1.0)
+        p.add_argument("--beam-size", type=int, help="beams per image (default: the model's, else 3)")
+        p.add_argument("--max-length", type=int, help="most words in a caption (default: the model's)")
+        p.add_argument("--length-penalty", type=float,
+                       help="rank beams by log-prob / length ** this (default: the model's, else 1.0)")
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
         p.add_argument("--device", default="auto")
@@ -136,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", help="image folder: caption it with --model")
     evaluate.add_argument("--results", help="a COCO results JSON to score instead")
     evaluate.add_argument("--out", default="eval", help="folder for results.json and metrics.json")
-    evaluate.add_argument("--metrics", nargs="+", default=["BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"])
+    evaluate.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRIC_NAMES))
     evaluate.add_argument("--max-images", type=int, default=0, help="score only the first N images (0: all)")
     decoding_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
@@ -145,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", help="training run or model directory")
     export.add_argument("out")
     export.add_argument("--fp16", action="store_true", help="store weights in half precision")
+    export.add_argument("--beam-size", type=int, help="record this beam size as the model's decoding default")
+    export.add_argument("--length-penalty", type=float, help="record this length penalty as the model's default")
     export.set_defaults(run=_export)
     return parser
 
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (ConfigError, MetricError, ImageLoadError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, MetricError, ImageLoadError, ImportError, OSError, ValueError) as err:
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,13 @@ class EncoderConfig:
             _require(len(value) in (0, 3), f"encoder.{name}", "must be empty or have 3 values (R, G, B)")
         _require(all(s > 0 for s in self.std), "encoder.std", "values must be positive")
         _require(self.bn_eps >= 0, "encoder.bn_eps", "must be 0 (model default) or positive")
+        from caption.features.pretrained import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES
+
+        _require(
+            self.weights in WEIGHT_SOURCES or self.weights.endswith(WEIGHT_FILE_SUFFIXES), "encoder.weights",
+            f"is {self.weights!r}; use one of {', '.join(WEIGHT_SOURCES)}, or the path of a "
+            f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file",
+        )
 
 
 @dataclass
@@ -75,6 +81,8 @@ class DataConfig:
     max_val_images: int = 0
 
     def validate(self) -> None:
+        _require(bool(self.train_annotations), "data.train_annotations",
+                 "is empty: name a COCO caption JSON (caption prepare makes one)")
         _require(self.min_word_count >= 1, "data.min_word_count", "must be at least 1")
         _require(self.max_caption_length >= 1, "data.max_caption_length", "must be at least 1")
         _require(self.max_val_images >= 0, "data.max_val_images", "must be 0 (all) or more")
@@ -206,16 +214,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config field '{key}' must be a list, got {value!r}")
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(annotation):
-            if option is type(None) and value is None:
-                return None
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[-1])
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -24,7 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", nargs="*", help="image files (default: the sample photos)")
     parser.add_argument("--model", default="flickr8k-lite0")
-    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--beam-size", type=int, help="default: the model's own (3)")
     args = parser.parse_args()
     reexec_with_malloc_tuning()
 
@@ -42,8 +42,10 @@ def main() -> int:
         name = Path(result.source).name
         print(f"{name:<{width}}  {result.text}" if result.ok else f"{name:<{width}}  [error] {result.error}")
     captioned = sum(r.ok for r in results)
+    settings = captioner.resolve_decoding(args.beam_size)
     print(f"\n{captioned} of {len(results)} photos captioned by {captioner.path.name} on {captioner.device} "
-          f"(model loaded in {loaded - started:.1f} s, captions in {done - loaded:.1f} s, beam {args.beam_size})")
+          f"(model loaded in {loaded - started:.1f} s, captions in {done - loaded:.1f} s, "
+          f"beam {settings['beam_size']}, length penalty {settings['length_penalty']})")
     return 0 if captioned == len(results) else 1
 
 

@@ -31,6 +31,8 @@ def test_overrides_are_typed_and_nested():
     ("decoder.dropout=1.5", "'decoder.dropout' must be in [0, 1)"),
     ("val.select_metric=SPICE", "'val.select_metric' is 'SPICE'"),
     ("nonsense", "must look like section.key=value"),
+    ("encoder.weights=tim", "'encoder.weights' is 'tim'; use one of timm, none"),
+    ("data.train_annotations=", "'data.train_annotations' is empty"),
 ])
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError) as err:
@@ -40,7 +42,8 @@ def test_bad_values_name_the_field(override, message):
 
 def test_environment_variables_expand_with_defaults(monkeypatch, tmp_path):
     config_file = tmp_path / "c.yaml"
-    config_file.write_text("data:\n  train_images: ${MY_DATA:-/default}/images\n  val_images: ${MY_DATA}/x\n")
+    config_file.write_text("data:\n  train_annotations: a.json\n  train_images: ${MY_DATA:-/default}/images\n"
+                           "  val_images: ${MY_DATA}/x\n")
     monkeypatch.setenv("MY_DATA", "/somewhere")
     config = load_config(config_file)
     assert config.data.train_images == "/somewhere/images"

@@ -96,6 +96,8 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny
 def test_resume_refuses_a_changed_model_config(tiny_config, tmp_path):
     run = tmp_path / "run"
     _run(_train_command(tiny_config, run, "train.max_steps=2"))
+    result = subprocess.run(_train_command(tiny_config, run), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "already holds a training run: add --resume" in result.stderr
     result = subprocess.run(_train_command(tiny_config, run, "--resume", "decoder.hidden_dim=128"),
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

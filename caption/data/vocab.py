@@ -82,7 +82,10 @@ class Vocabulary:
     def from_dict(cls, data: dict, source: str = "vocabulary") -> Vocabulary:
         if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT or not isinstance(data.get("words"), list):
             raise ValueError(f"{source} is not a vocabulary file of format {VOCAB_FORMAT} (needs 'format' and 'words')")
-        return cls(list(data["words"]), min_count=int(data["min_count"]), max_length=int(data["max_length"]))
+        try:
+            return cls(list(data["words"]), min_count=int(data["min_count"]), max_length=int(data["max_length"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source}: missing or bad vocabulary field ({err})") from None
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())

@@ -71,6 +71,8 @@ def beam_search(
         logits, (h, c), alpha = decoder.step(decoder.embedding(tokens), (h, c), memory, projected, mask)
         logits = logits.float().masked_fill(banned, float("-inf"))  # (B*K, V)
         step = torch.log_softmax(logits, dim=-1).view(B, K, V)  # (B, K, V)
+        if t == 0:  # a caption has at least one word
+            step[..., eos_id] = float("-inf")
         if t == max_length:  # out of words: every open beam must end here
             step = done_row.expand(B, K, V) + step[..., eos_id : eos_id + 1]
         step = torch.where(finished.unsqueeze(-1), done_row, step)  # (B, K, V)

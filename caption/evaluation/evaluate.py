@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from caption.api import Captioner
 from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
-from caption.evaluation.metrics import DEFAULT_METRICS, compute_metrics
+from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
 from caption.features.cache import CachedFeatures
 from caption.utils.io import atomic_write_json, read_json
 
@@ -21,9 +21,9 @@ def predict_split(
     captions: CaptionSet,
     *,
     features: CachedFeatures | None = None,
-    beam_size: int = 3,
+    beam_size: int | None = None,
     max_length: int | None = None,
-    length_penalty: float = 1.0,
+    length_penalty: float | None = None,
     batch_size: int = 32,
     num_workers: int = 2,
     progress: bool = True,
@@ -93,10 +93,10 @@ def evaluate(
     captioner: Captioner | None = None,
     images: str | Path | None = None,
     results_file: str | Path | None = None,
-    metrics: Iterable[str] = DEFAULT_METRICS,
-    beam_size: int = 3,
+    metrics: Iterable[str] = METRIC_NAMES,
+    beam_size: int | None = None,
     max_length: int | None = None,
-    length_penalty: float = 1.0,
+    length_penalty: float | None = None,
     batch_size: int = 32,
     num_workers: int = 2,
     max_images: int = 0,
@@ -125,9 +125,10 @@ def evaluate(
         "scores": scores,
         "skipped": skipped,
         "unreadable_images": errors,
-        "decoding": {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty},
     }
     if results_file is not None:
         report["results"] = str(results_file)
+    else:
+        report["decoding"] = captioner.resolve_decoding(beam_size, max_length, length_penalty)
     atomic_write_json(out_dir / "metrics.json", report)
     return report

@@ -15,7 +15,6 @@ from pathlib import Path
 from caption.utils.logging import logger
 
 METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
-DEFAULT_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 # What pycocoevalcap's tokenizer strips after PTB tokenisation (copied from its ptbtokenizer.py).
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -104,7 +103,7 @@ def _meteor(gts: dict, res: dict) -> tuple[float, list[float]]:
 
 
 def compute_metrics(
-    references: dict, predictions: dict, metrics: Iterable[str] = DEFAULT_METRICS
+    references: dict, predictions: dict, metrics: Iterable[str] = METRIC_NAMES
 ) -> tuple[dict[str, float], dict[str, list[float]], dict[str, str]]:
     """Score ``predictions`` {id: caption} against ``references`` {id: [captions]}.
 

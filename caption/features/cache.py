@@ -22,6 +22,7 @@ from caption.features.batching import iter_image_batches
 from caption.features.encoder import ImageEncoder
 from caption.utils.io import atomic_write, atomic_write_json, read_json
 from caption.utils.logging import logger
+from caption.utils.runtime import cuda_autocast
 
 
 @dataclass
@@ -60,7 +61,7 @@ def encode_images(
     transform = ImageTransform(encoder.cfg.image_size, encoder.cfg.mean, encoder.cfg.std)
     encoder.eval()
     errors: dict[int, str] = {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = cuda_autocast(device)
     batches = iter_image_batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
                                  pin_memory=device.type == "cuda")
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:

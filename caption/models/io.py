@@ -7,7 +7,6 @@ weights come from a named source (the Lite0 package, timm) is not stored: only t
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -81,23 +80,30 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         _apply(encoder_cfg, meta["encoder"], "encoder.")
         _apply(decoder_cfg, meta["decoder"], "decoder.")
-    except (ConfigError, KeyError) as err:
-        raise ValueError(f"{directory / CONFIG_FILE}: {err}") from None
+        vocab_size = int(meta["vocab_size"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{directory / CONFIG_FILE}: missing or bad field ({err})") from None
     vocab = Vocabulary.load(directory / VOCAB_FILE)
-    if len(vocab) != meta["vocab_size"]:
-        raise ValueError(f"{directory}: vocab.json has {len(vocab)} words but config.json says {meta['vocab_size']}")
+    if len(vocab) != vocab_size:
+        raise ValueError(f"{directory}: vocab.json has {len(vocab)} words but config.json says {vocab_size}")
     included = bool(meta.get("encoder_weights_included"))
     model = CaptionModel(encoder_cfg, decoder_cfg, len(vocab), load_encoder_weights=not included)
-    state = load_file(str(directory / WEIGHTS_FILE))
-    decoder_state = {k.removeprefix("decoder."): v.float() for k, v in state.items() if k.startswith("decoder.")}
-    model.decoder.load_state_dict(decoder_state, strict=True)
-    if included:
-        encoder_state = {k.removeprefix("encoder."): v.float() if v.is_floating_point() else v
-                         for k, v in state.items() if k.startswith("encoder.")}
-        model.encoder.load_state_dict(encoder_state, strict=True)
+    load_weights(model, directory)
     return model.to(device).eval(), vocab, meta
 
 
-def describe_model(directory: str | Path) -> str:
-    meta = read_json(Path(directory) / CONFIG_FILE, "model config")
-    return json.dumps({k: meta[k] for k in ("encoder", "decoder", "vocab_size") if k in meta})
+def load_weights(model: CaptionModel, directory: str | Path) -> None:
+    """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored)."""
+    path = Path(directory) / WEIGHTS_FILE
+    state = load_file(str(path))
+    for prefix, module in (("decoder.", model.decoder), ("encoder.", model.encoder)):
+        part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if prefix == "encoder." and not part:
+            continue  # a frozen encoder from a named source is not stored
+        own = module.state_dict()
+        part = {k: v.to(own[k].dtype) if k in own else v for k, v in part.items()}  # fp16 files load as fp32
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: the {prefix[:-1]} weights do not fit its config.json ({str(err)[:300]})") from None
+

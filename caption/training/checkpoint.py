@@ -58,7 +58,7 @@ def _plain(value: Any) -> Any:
 
 
 def _split_tensors(prefix: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Move every tensor in a nested dict/list into ``tensors`` and leave a ``{"tensor": key}`` marker."""
+    """Move every tensor in a nested dict/list into ``tensors`` and leave a ``{"__tensor__": key}`` marker."""
     if isinstance(value, torch.Tensor):
         tensors[prefix] = value.detach().cpu().contiguous()
         return {"__tensor__": prefix}
@@ -131,18 +131,25 @@ def read_pointer(run_dir: str | Path, which: str) -> Path | None:
     path = Path(run_dir) / f"{which}.json"
     if not path.is_file():
         return None
-    target = Path(run_dir) / read_json(path, f"{which} checkpoint pointer")["checkpoint"]
-    if not is_model_dir(target):
-        raise FileNotFoundError(f"{path} points to {target}, which is not a complete checkpoint")
-    return target
+    pointer = read_json(path, f"{which} checkpoint pointer")
+    if not isinstance(pointer, dict) or "checkpoint" not in pointer:
+        raise ValueError(f"{path} is not a checkpoint pointer (it needs a 'checkpoint' field)")
+    target = Path(run_dir) / pointer["checkpoint"]
+    if is_model_dir(target):
+        return target
+    # A kill between the two renames of a rewrite leaves the complete previous copy at <name>.old.
+    previous = target.with_name(target.name + ".old")
+    if is_model_dir(previous):
+        return previous
+    raise FileNotFoundError(f"{path} points to {target}, which is not a complete checkpoint")
 
 
 def prune_checkpoints(run_dir: str | Path) -> None:
-    """Delete checkpoints that neither pointer names (they can never be resumed or served)."""
+    """Delete checkpoints that neither pointer names, and staging folders left by a killed write."""
     run_dir = Path(run_dir)
     keep = {read_pointer(run_dir, which) for which in POINTERS} - {None}
     for directory in (run_dir / "checkpoints").glob("*"):
-        if directory.is_dir() and directory not in keep and not directory.name.startswith("."):
+        if directory.is_dir() and directory not in keep:
             shutil.rmtree(directory, ignore_errors=True)
 
 

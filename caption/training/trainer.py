@@ -35,19 +35,22 @@ from caption.data.datasets import (
 from caption.data.images import ImageTransform
 from caption.data.vocab import Vocabulary
 from caption.evaluation.evaluate import predict_split, results_list
-from caption.evaluation.metrics import check_java, compute_metrics
+from caption.evaluation.metrics import check_java, compute_metrics, spice_unavailable_reason
 from caption.features.cache import CachedFeatures, FeatureCache
 from caption.models.captioner import CaptionModel
 from caption.models.decoder import caption_loss
-from caption.models.io import VOCAB_FILE, load_model
+from caption.models.io import VOCAB_FILE, load_weights
 from caption.training import checkpoint as ckpt
 from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from caption.utils.io import atomic_write_json, atomic_write_text
 from caption.utils.logging import logger
 from caption.utils.runtime import peak_memory_mb
 
-# Sections that must match between a run and its resumption (the rest, e.g. epochs, may change).
-FIXED_ON_RESUME = ("data", "encoder", "decoder")
+# What must match between a run and its resumption: the data, the model, and what fixes the order of
+# the samples. The rest (epochs, learning rate, validation) may change.
+FIXED_ON_RESUME = {"data": None, "encoder": None, "decoder": None, "train": ("batch_size", "seed")}
+# Encoder fields resolved from the weights when the run started: left unset now means "as before".
+RESOLVED_ENCODER_FIELDS = {"mean": [], "std": [], "bn_eps": 0.0}
 
 
 @dataclass
@@ -128,10 +131,10 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
         return
     saved = config_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8"))).to_dict()
     current = config.to_dict()
-    for section in FIXED_ON_RESUME:
-        for key, value in current[section].items():
-            # The encoder's normalisation is resolved at build time; an empty value means "as before".
-            if value in ([], 0.0) and section == "encoder":
+    for section, keys in FIXED_ON_RESUME.items():
+        for key in keys or current[section]:
+            value = current[section][key]
+            if section == "encoder" and key in RESOLVED_ENCODER_FIELDS and value == RESOLVED_ENCODER_FIELDS[key]:
                 continue
             if saved[section].get(key) != value:
                 raise ConfigError(
@@ -148,10 +151,17 @@ class Trainer:
         self.resume_from = ckpt.read_pointer(self.run_dir, "latest") if resume else None
         if resume and self.resume_from is None:
             raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.run_dir} (no latest.json)")
+        if not resume and (self.run_dir / "latest.json").exists():
+            raise ConfigError(f"{self.run_dir} already holds a training run: add --resume to continue it, "
+                              "or set train.output_dir to a new folder")
         if self.resume_from is not None:
             _check_resume_config(self.run_dir, config)
         if config.val.every_epochs:
             check_java()  # fail now, not after the first epoch
+            if "SPICE" in config.val.metrics and spice_unavailable_reason():
+                if config.val.select_metric == "SPICE":
+                    raise ConfigError(f"val.select_metric is SPICE, but {spice_unavailable_reason()}")
+                logger.warning("%s (validation goes on without it)", spice_unavailable_reason())
 
         _seed_everything(config.train.seed + self.info.rank)
         self.device = self.info.device
@@ -179,18 +189,22 @@ class Trainer:
         self.val_features: CachedFeatures | None = None
         if self.use_cache:
             cache = FeatureCache(cfg.train.cache_dir, self.model.encoder)
-            sets = [("train", self.train_set)] + ([("val", self.val_set)] if self.val_set is not None else [])
-            built: dict[str, CachedFeatures] = {}
-            for stage in ("build", "load"):  # rank 0 builds while the others wait, then they read it
-                if (stage == "build") == info.is_main:
-                    for name, split in sets:
-                        paths = [str(p) for p in split.paths()]
-                        built[name] = cache.get_or_build(
-                            paths, device=self.device, batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
-                        ) if stage == "build" else cache.load(paths)
-                if stage == "build":
-                    barrier(info)
+            splits = {"train": self.train_set, "val": self.val_set}
+            paths = {name: [str(p) for p in split.paths()] for name, split in splits.items() if split is not None}
+            built: dict[str, CachedFeatures | None] = {}
+            if info.is_main:  # rank 0 encodes while the others wait at the barrier, then they read its files
+                built = {name: cache.get_or_build(files, device=self.device, batch_size=cfg.val.batch_size,
+                                                  num_workers=cfg.train.num_workers)
+                         for name, files in paths.items()}
+            barrier(info)
+            if not info.is_main:
+                built = {name: cache.load(files) for name, files in paths.items()}
             train_features = built["train"]
+            if train_features is None:
+                raise FileNotFoundError(
+                    f"rank {info.rank} cannot read the feature cache that rank 0 built in {cache.dir}: on several "
+                    "nodes, train.cache_dir and the images must be on a file system that every node shares"
+                )
             self.val_features = built.get("val")
             items = image_captions(self.train_set, self.vocab, train_features.valid)
             self.train_data = FeatureCaptionDataset(train_features.features, items)
@@ -235,8 +249,7 @@ class Trainer:
             self._restore(self.resume_from)
 
     def _restore(self, checkpoint: Path) -> None:
-        model, _, _ = load_model(checkpoint)
-        self.model.load_state_dict(model.state_dict())
+        load_weights(self.model, checkpoint)
         state = ckpt.load_trainer_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -245,6 +258,11 @@ class Trainer:
         rng = state["rng"]
         if len(rng) == self.info.world_size:
             ckpt.set_rng_state(rng[self.info.rank])
+        elif state["progress"]["step_in_epoch"]:
+            raise ConfigError(
+                f"{checkpoint} was saved part-way into an epoch by {len(rng)} process(es); resume it with "
+                f"{len(rng)} (not {self.info.world_size}), or from a checkpoint saved at the end of an epoch"
+            )
         else:
             logger.warning("resuming with %d processes instead of %d: random streams are re-seeded",
                            self.info.world_size, len(rng))
@@ -301,6 +319,15 @@ class Trainer:
             cleanup(info)
         return record
 
+    def _all_ranks_have(self, batch) -> bool:
+        """Whether every rank got a batch; DDP needs all ranks to step together or none."""
+        have = batch is not None
+        if self.info.enabled and not self.use_cache:  # cached features never fail to load
+            flag = torch.tensor([int(have)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            have = bool(flag.item())
+        return have
+
     def _out_of_steps(self) -> bool:
         return bool(self.config.train.max_steps) and self.progress["global_step"] >= self.config.train.max_steps
 
@@ -317,7 +344,7 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not info.is_main,
                    initial=self.progress["step_in_epoch"], total=self.steps_per_epoch, dynamic_ncols=True)
         for batch in bar:
-            if batch is None:  # every image of the batch was unreadable (already reported)
+            if not self._all_ranks_have(batch):  # every image of a batch was unreadable (already reported)
                 self.progress["step_in_epoch"] += 1
                 continue
             # (B, N, C) features or (B, 3, S, S) images; (M, L) captions; (M,) image row of each caption

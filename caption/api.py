@@ -159,13 +159,12 @@ class Captioner:
         max_length: int | None = None,
         length_penalty: float | None = None,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | None = None,
     ) -> Iterator[CaptionResult]:
         """Caption ``inputs`` in batches, yielding one result per input in order; unreadable inputs
         yield a result with ``error`` set instead of stopping the others."""
         batches = iter_image_batches(
-            inputs, self.transform, batch_size=batch_size, num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
+            inputs, self.transform, device=self.device, batch_size=batch_size, num_workers=num_workers,
         )
         for indices, images, errors in batches:
             results: dict[int, CaptionResult] = {i: CaptionResult(source=err.source, error=err.reason) for i, err in errors.items()}
@@ -186,7 +185,7 @@ class Captioner:
         max_length: int | None = None,
         length_penalty: float | None = None,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         skip_errors: bool = False,
     ) -> CaptionResult | list[CaptionResult]:
         """Caption one input or a list of them (file paths, PIL images or numpy arrays).

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--length-penalty", type=float,
                        help="rank beams by log-prob / length ** this (default: the model's, else 1.0)")
         p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+        p.add_argument("--workers", type=int,
+                       help="image-decoding worker processes (default: 2 on a GPU, 0 on a CPU)")
         p.add_argument("--device", default="auto")
 
     predict = commands.add_parser("predict", help="caption images")

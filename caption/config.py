@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,8 @@ class TrainConfig:
     # Weight of the doubly stochastic attention regulariser (lambda in Show, Attend and Tell).
     attention_reg: float = 1.0
     precision: str = "auto"
-    num_workers: int = 2
+    # Image-decoding worker processes; null: 2 on a GPU, 0 on a CPU (where they only take cores from the model).
+    num_workers: int | None = None
     seed: int = 0
     cache_features: bool = True
     cache_dir: str = "cache/features"
@@ -126,7 +128,7 @@ class TrainConfig:
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _require(self.attention_reg >= 0, "train.attention_reg", "must be 0 or more")
         _choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
-        _require(self.num_workers >= 0, "train.num_workers", "must be 0 or more")
+        _require(self.num_workers is None or self.num_workers >= 0, "train.num_workers", "must be 0 or more")
         _require(self.save_every_steps >= 0, "train.save_every_steps", "must be 0 (epoch ends only) or more")
         _require(self.max_steps >= 0, "train.max_steps", "must be 0 (no limit) or more")
         _require(bool(self.output_dir), "train.output_dir", "must name a directory")
@@ -209,6 +211,11 @@ def expand_env(text: str) -> str:
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation, converting where it is lossless (int to float)."""
     origin = typing.get_origin(annotation)
+    if origin is types.UnionType:  # `T | None`: null is allowed
+        if value is None:
+            return None
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _coerce(value, annotation, key)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):

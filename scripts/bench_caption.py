@@ -41,7 +41,7 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def run_case(case: str, count: int, device: torch.device, workers: int) -> dict:
+def run_case(case: str, count: int, device: torch.device, workers: int | None) -> dict:
     kind, _, size = case.partition(":")
     batch = int(size or 1)
     captioner = Captioner.load(device=device)
@@ -71,7 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes end to end")
+    parser.add_argument("--workers", type=int,
+                        help="image-decoding worker processes end to end (default: the library's, 2 on a GPU, 0 on a CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,7 +85,8 @@ def main() -> int:
     if not (DATA / "flickr8k" / "Flickr_8k.devImages.txt").is_file():
         print(f"needs the Flickr8k dev photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
         return 2
-    common = ["--images", str(args.images), "--device", str(device), "--workers", str(args.workers)]
+    common = ["--images", str(args.images), "--device", str(device)]
+    common += [] if args.workers is None else ["--workers", str(args.workers)]
     baseline = run_isolated(__file__, "single", common)
     rows = [baseline]
     for batch in args.batch_sizes:

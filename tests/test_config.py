@@ -24,9 +24,17 @@ def test_overrides_are_typed_and_nested():
     assert config.encoder.grid_size == 5
 
 
+def test_optional_fields_take_null_or_their_type():
+    path = REPO / "configs" / "flickr8k_lite0.yaml"
+    assert load_config(path, ["train.num_workers=null"]).train.num_workers is None
+    assert load_config(path, ["train.num_workers=4"]).train.num_workers == 4
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.lrr=1e-3", "unknown config field 'train.lrr'"),
     ("train.epochs=three", "'train.epochs' must be int"),
+    ("train.num_workers=many", "'train.num_workers' must be int"),
+    ("train.num_workers=-1", "'train.num_workers' must be 0 or more"),
     ("train.precision=fp8", "'train.precision' is 'fp8'; choose one of"),
     ("decoder.dropout=1.5", "'decoder.dropout' must be in [0, 1)"),
     ("val.select_metric=SPICE", "'val.select_metric' is 'SPICE'"),

@@ -1,7 +1,8 @@
 """Beam search for the attention decoder, batched across items.
 
 All beams of all items live in one (B * K) batch: one decoder step per word for the whole batch, with
-no Python loop over items. ``beam_size=1`` is greedy decoding.
+no Python loop over items. An item whose beams have all ended leaves the batch, so a batch costs what its
+captions need, not max_length steps for every item. ``beam_size=1`` is greedy decoding.
 """
 
 from __future__ import annotations
@@ -48,12 +49,9 @@ def beam_search(
     device = memory.device
 
     projected, (h, c) = decoder.start(memory, mask)  # (B, N, A), (B, H) x2
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, N, C)
-    projected = projected.repeat_interleave(K, dim=0)  # (B*K, N, A)
-    mask = mask.repeat_interleave(K, dim=0) if mask is not None else None  # (B*K, N)
-    h, c = h.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B*K, H) each
-
+    h, c = h.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B*K, H) each: K beams per item
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
+
     log_probs = torch.zeros(B, K, device=device)  # (B, K)
     log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
     lengths = torch.zeros(B, K, device=device)  # (B, K) tokens emitted, <eos> included
@@ -63,38 +61,58 @@ def beam_search(
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
     done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
-    batch_offsets = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
+    beam_ids = torch.arange(K, device=device)  # (K,)
+    # Items whose beams have all ended leave the decoder batch; `items` maps the rows still decoding
+    # (b of them) to their item. The bookkeeping above stays (B, K) for all items.
+    items = torch.arange(B, device=device)  # (b,)
     # Back-pointers: after step t, beam j extends beam parents[t][:, j] with words[t][:, j].
     parents, words, alphas = [], [], []
 
     for t in range(max_length + 1):
+        b = len(items)
         logits, (h, c), alpha = decoder.step(decoder.embedding(tokens), (h, c), memory, projected, mask)
-        logits = logits.float().masked_fill(banned, float("-inf"))  # (B*K, V)
-        step = torch.log_softmax(logits, dim=-1).view(B, K, V)  # (B, K, V)
+        logits = logits.float().masked_fill(banned, float("-inf"))  # (b*K, V)
+        step = torch.log_softmax(logits, dim=-1).view(b, K, V)  # (b, K, V)
         if t == 0:  # a caption has at least one word
             step[..., eos_id] = float("-inf")
         if t == max_length:  # out of words: every open beam must end here
-            step = done_row.expand(B, K, V) + step[..., eos_id : eos_id + 1]
-        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (B, K, V)
-        candidates = log_probs.unsqueeze(-1) + step  # (B, K, V)
-        new_lengths = (lengths + (~finished).float()).unsqueeze(-1)  # (B, K, 1)
-        ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (B, K, V)
-        _, best = ranked.view(B, K * V).topk(K, dim=1)  # (B, K)
-        parent = best // V  # (B, K) beam each survivor extends
-        word = best % V  # (B, K)
+            step = done_row.expand(b, K, V) + step[..., eos_id : eos_id + 1]
+        item_finished = finished[items]  # (b, K)
+        step = torch.where(item_finished.unsqueeze(-1), done_row, step)  # (b, K, V)
+        candidates = log_probs[items].unsqueeze(-1) + step  # (b, K, V)
+        item_lengths = lengths[items]  # (b, K)
+        new_lengths = (item_lengths + (~item_finished).float()).unsqueeze(-1)  # (b, K, 1)
+        ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (b, K, V)
+        _, best = ranked.view(b, K * V).topk(K, dim=1)  # (b, K)
+        parent = best // V  # (b, K) beam each survivor extends
+        word = best % V  # (b, K)
 
-        log_probs = candidates.view(B, K * V).gather(1, best)  # (B, K)
-        was_finished = finished.gather(1, parent)  # (B, K)
-        lengths = lengths.gather(1, parent) + (~was_finished).float()  # (B, K)
-        finished = was_finished | (word == eos_id)  # (B, K)
-        rows = (batch_offsets + parent).view(-1)  # (B*K,) flat index of each parent beam
-        h, c = h[rows], c[rows]  # (B*K, H) each
-        parents.append(parent)
-        words.append(word)
-        alphas.append(alpha[rows].view(B, K, N).float())  # (B, K, N) where each new beam's word looked
-        tokens = word.view(-1)  # (B*K,)
-        if bool(finished.all()):
+        was_finished = item_finished.gather(1, parent)  # (b, K)
+        log_probs[items] = candidates.view(b, K * V).gather(1, best)
+        lengths[items] = item_lengths.gather(1, parent) + (~was_finished).float()
+        finished[items] = was_finished | (word == eos_id)
+        # Items no longer decoding repeat their beams unchanged: parent k, word <eos>, no attention.
+        step_parents = beam_ids.repeat(B, 1)  # (B, K)
+        step_parents[items] = parent
+        step_words = torch.full((B, K), eos_id, dtype=torch.long, device=device)  # (B, K)
+        step_words[items] = word
+        rows = (torch.arange(b, device=device).unsqueeze(1) * K + parent).view(-1)  # (b*K,) each parent's row
+        step_alphas = torch.zeros(B, K, N, device=device)  # (B, K, N)
+        step_alphas[items] = alpha[rows].view(b, K, N).float()  # where each new beam's word looked
+        parents.append(step_parents)
+        words.append(step_words)
+        alphas.append(step_alphas)
+        h, c, tokens = h[rows], c[rows], word.view(-1)  # (b*K, H) x2, (b*K,)
+
+        decoding = ~finished[items].all(dim=1)  # (b,)
+        if not bool(decoding.any()):
             break
+        if not bool(decoding.all()):
+            keep = decoding.nonzero().squeeze(1)  # (b',)
+            keep_rows = (keep.unsqueeze(1) * K + beam_ids).view(-1)  # (b'*K,)
+            items, memory, projected = items[keep], memory[keep], projected[keep]  # (b',), (b', N, C), (b', N, A)
+            mask = mask[keep] if mask is not None else None  # (b', N)
+            h, c, tokens = h[keep_rows], c[keep_rows], tokens[keep_rows]  # (b'*K, H) x2, (b'*K,)
 
     scores = log_probs / lengths.clamp(min=1) ** length_penalty  # (B, K)
     order = scores.argsort(dim=1, descending=True)  # (B, K)

@@ -25,7 +25,7 @@ def predict_split(
     max_length: int | None = None,
     length_penalty: float | None = None,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[int, str], dict[str, str]]:
     """Caption every image of a split; returns ({image_id: caption}, {file: error} for unreadable ones)."""
@@ -98,7 +98,7 @@ def evaluate(
     max_length: int | None = None,
     length_penalty: float | None = None,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     max_images: int = 0,
 ) -> dict:
     """Score a model (captioning ``images``) or an existing results file; writes results.json and metrics.json."""

@@ -32,19 +32,27 @@ def _collate(items):
     return [i for i, _ in good], images, errors
 
 
+def default_num_workers(device: torch.device) -> int:
+    """Image-decoding worker processes: 2 feeding a GPU; none on a CPU, where workers only take cores from the
+    model (captioning 92 photos on 2 cores: 30 images/s in-process, 19 with 2 workers)."""
+    return 2 if device.type == "cuda" else 0
+
+
 def iter_image_batches(
     items: Sequence[ImageInput],
     transform: ImageTransform,
     *,
+    device: torch.device,
     batch_size: int = 32,
-    num_workers: int = 2,
-    pin_memory: bool = False,
+    num_workers: int | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, ImageLoadError]]]:
-    """Yield ``(indices, images (B, 3, S, S) or None, {index: error})`` in input order."""
+    """Yield ``(indices, images (B, 3, S, S) or None, {index: error})`` in input order, decoded for
+    ``device`` (``num_workers`` None: ``default_num_workers(device)``)."""
+    num_workers = default_num_workers(device) if num_workers is None else num_workers
     workers = num_workers if all(isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") for item in items) else 0
     loader = DataLoader(
         _Images(items, transform), batch_size=batch_size, num_workers=min(workers, len(items)),
-        collate_fn=_collate, pin_memory=pin_memory,
+        collate_fn=_collate, pin_memory=device.type == "cuda",
         # A private generator: iterating must not consume the global RNG (resumed runs replay it exactly).
         generator=torch.Generator(),
     )

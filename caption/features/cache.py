@@ -54,7 +54,7 @@ def encode_images(
     *,
     device: torch.device,
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     desc: str = "encoding images",
 ) -> dict[int, str]:
     """Write the features of ``paths`` into ``out[i]``; returns {index: error} for files that could not be read."""
@@ -62,8 +62,7 @@ def encode_images(
     encoder.eval()
     errors: dict[int, str] = {}
     autocast = cuda_autocast(device)
-    batches = iter_image_batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                 pin_memory=device.type == "cuda")
+    batches = iter_image_batches(paths, transform, device=device, batch_size=batch_size, num_workers=num_workers)
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for indices, images, batch_errors in batches:
             errors.update({i: str(err) for i, err in batch_errors.items()})
@@ -95,7 +94,7 @@ class FeatureCache:
         return CachedFeatures(paths, features, np.asarray(index["valid"], dtype=bool), index["errors"])
 
     def get_or_build(
-        self, paths: list[str], *, device: torch.device, batch_size: int = 64, num_workers: int = 2
+        self, paths: list[str], *, device: torch.device, batch_size: int = 64, num_workers: int | None = None
     ) -> CachedFeatures:
         """Return cached features for ``paths``, encoding them first if no matching cache exists."""
         paths = [str(p) for p in paths]

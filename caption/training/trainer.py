@@ -36,6 +36,7 @@ from caption.data.images import ImageTransform
 from caption.data.vocab import Vocabulary
 from caption.evaluation.evaluate import predict_split, results_list
 from caption.evaluation.metrics import check_java, compute_metrics, spice_unavailable_reason
+from caption.features.batching import default_num_workers
 from caption.features.cache import CachedFeatures, FeatureCache
 from caption.models.captioner import CaptionModel
 from caption.models.decoder import caption_loss
@@ -212,7 +213,7 @@ class Trainer:
         else:
             transform = ImageTransform(cfg.encoder.image_size, self.model.encoder_cfg.mean, self.model.encoder_cfg.std)
             self.train_data = ImageCaptionDataset(self.train_set, image_captions(self.train_set, self.vocab), transform)
-            workers = cfg.train.num_workers
+            workers = default_num_workers(self.device) if cfg.train.num_workers is None else cfg.train.num_workers
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.train_annotations}: no training images left after skipping unreadable ones")
 

@@ -105,7 +105,22 @@ def test_beams_are_sorted_distinct_and_bounded_by_max_length(ambiguous):
         assert len({tuple(h.tokens) for h in beams}) == 4
         assert all(len(h.tokens) <= 5 for h in beams)
         # score is the log-probability normalised by the length including <eos>
-        assert beams[0].score == pytest.approx(beams[0].log_prob / (len(beams[0].tokens) + 1), rel=1e-5)
+        for h in beams:
+            assert h.score == pytest.approx(h.log_prob / (len(h.tokens) + 1), rel=1e-5)
+
+
+def test_every_beam_log_prob_is_its_captions_teacher_forced_log_prob(ambiguous):
+    """Follows the back-pointers of every beam of every item (items leave the batch at different steps)."""
+    decoder, memory = ambiguous
+    banned = [0, 1, 3]  # <pad>, <bos>, <unk>: excluded from the distribution, as in the search
+    for i, beams in enumerate(beam_search(decoder, memory, beam_size=3, max_length=16)):
+        for h in beams:
+            caption = torch.tensor([[1, *h.tokens, 2]])  # <bos> words <eos>
+            with torch.no_grad():
+                logits, _ = decoder(memory[i : i + 1], caption)  # (1, T, V)
+            logits[..., banned] = float("-inf")
+            log_prob = logits.log_softmax(-1).gather(2, caption[:, 1:, None]).sum().item()
+            assert h.log_prob == pytest.approx(log_prob, abs=1e-3)
 
 
 def test_masked_positions_are_never_attended(ambiguous):

@@ -52,21 +52,24 @@ def beam_search(
     h, c = h.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B*K, H) each: K beams per item
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
 
-    log_probs = torch.zeros(B, K, device=device)  # (B, K)
+    # State of the b items still decoding; `items` (b,) names them. An item leaves the batch once all of
+    # its beams have ended, and its final scores move to the (B, K) tensors below.
+    items = torch.arange(B, device=device)  # (b,)
+    log_probs = torch.zeros(B, K, device=device)  # (b, K)
     log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
-    lengths = torch.zeros(B, K, device=device)  # (B, K) tokens emitted, <eos> included
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (B, K)
+    lengths = torch.zeros(B, K, device=device)  # (b, K) tokens emitted, <eos> included
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (b, K)
+    final_log_probs, final_lengths = log_probs.clone(), lengths.clone()  # (B, K) each
     banned = torch.zeros(V, dtype=torch.bool, device=device)  # (V,)
     banned[list(banned_ids)] = True
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
     done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
     beam_ids = torch.arange(K, device=device)  # (K,)
-    # Items whose beams have all ended leave the decoder batch; `items` maps the rows still decoding
-    # (b of them) to their item. The bookkeeping above stays (B, K) for all items.
-    items = torch.arange(B, device=device)  # (b,)
-    # Back-pointers: after step t, beam j extends beam parents[t][:, j] with words[t][:, j].
-    parents, words, alphas = [], [], []
+    row_offsets = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1) first row of each batch row
+    # Back-pointers: after step t, beam j of batch row r extends beam parents[t][r, j] with words[t][r, j];
+    # step_items[t] names the item of each row.
+    parents, words, alphas, step_items = [], [], [], []
 
     for t in range(max_length + 1):
         b = len(items)
@@ -77,54 +80,54 @@ def beam_search(
             step[..., eos_id] = float("-inf")
         if t == max_length:  # out of words: every open beam must end here
             step = done_row.expand(b, K, V) + step[..., eos_id : eos_id + 1]
-        item_finished = finished[items]  # (b, K)
-        step = torch.where(item_finished.unsqueeze(-1), done_row, step)  # (b, K, V)
-        candidates = log_probs[items].unsqueeze(-1) + step  # (b, K, V)
-        item_lengths = lengths[items]  # (b, K)
-        new_lengths = (item_lengths + (~item_finished).float()).unsqueeze(-1)  # (b, K, 1)
+        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (b, K, V)
+        candidates = log_probs.unsqueeze(-1) + step  # (b, K, V)
+        new_lengths = (lengths + (~finished).float()).unsqueeze(-1)  # (b, K, 1)
         ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (b, K, V)
         _, best = ranked.view(b, K * V).topk(K, dim=1)  # (b, K)
         parent = best // V  # (b, K) beam each survivor extends
         word = best % V  # (b, K)
 
-        was_finished = item_finished.gather(1, parent)  # (b, K)
-        log_probs[items] = candidates.view(b, K * V).gather(1, best)
-        lengths[items] = item_lengths.gather(1, parent) + (~was_finished).float()
-        finished[items] = was_finished | (word == eos_id)
-        # Items no longer decoding repeat their beams unchanged: parent k, word <eos>, no attention.
-        step_parents = beam_ids.repeat(B, 1)  # (B, K)
-        step_parents[items] = parent
-        step_words = torch.full((B, K), eos_id, dtype=torch.long, device=device)  # (B, K)
-        step_words[items] = word
-        rows = (torch.arange(b, device=device).unsqueeze(1) * K + parent).view(-1)  # (b*K,) each parent's row
-        step_alphas = torch.zeros(B, K, N, device=device)  # (B, K, N)
-        step_alphas[items] = alpha[rows].view(b, K, N).float()  # where each new beam's word looked
-        parents.append(step_parents)
-        words.append(step_words)
-        alphas.append(step_alphas)
+        log_probs = candidates.view(b, K * V).gather(1, best)  # (b, K)
+        was_finished = finished.gather(1, parent)  # (b, K)
+        lengths = lengths.gather(1, parent) + (~was_finished).float()  # (b, K)
+        finished = was_finished | (word == eos_id)  # (b, K)
+        rows = (row_offsets[:b] + parent).view(-1)  # (b*K,) each parent's row
         h, c, tokens = h[rows], c[rows], word.view(-1)  # (b*K, H) x2, (b*K,)
+        parents.append(parent)
+        words.append(word)
+        alphas.append(alpha[rows].view(b, K, N).float())  # (b, K, N) where each new beam's word looked
+        step_items.append(items)
 
-        decoding = ~finished[items].all(dim=1)  # (b,)
-        if not bool(decoding.any()):
-            break
-        if not bool(decoding.all()):
+        decoding = ~finished.all(dim=1)  # (b,)
+        still = int(decoding.sum())  # the step's one host-device sync
+        if still < b:
+            done = (~decoding).nonzero().squeeze(1)  # (d,)
+            final_log_probs[items[done]], final_lengths[items[done]] = log_probs[done], lengths[done]
+            if still == 0:
+                break
             keep = decoding.nonzero().squeeze(1)  # (b',)
             keep_rows = (keep.unsqueeze(1) * K + beam_ids).view(-1)  # (b'*K,)
             items, memory, projected = items[keep], memory[keep], projected[keep]  # (b',), (b', N, C), (b', N, A)
             mask = mask[keep] if mask is not None else None  # (b', N)
+            log_probs, lengths, finished = log_probs[keep], lengths[keep], finished[keep]  # (b', K) each
             h, c, tokens = h[keep_rows], c[keep_rows], tokens[keep_rows]  # (b'*K, H) x2, (b'*K,)
 
+    log_probs, lengths = final_log_probs, final_lengths  # (B, K) each
     scores = log_probs / lengths.clamp(min=1) ** length_penalty  # (B, K)
     order = scores.argsort(dim=1, descending=True)  # (B, K)
-    # Follow the back-pointers from the final beams (best first) to the first word.
+    # Follow the back-pointers from the final beams (best first) to the first word. An item is absent
+    # from the steps after it left the batch; its caption is shorter than those steps anyway.
     steps = len(words)
     sequences = torch.zeros(B, K, steps, dtype=torch.long, device=device)  # (B, K, T)
     attention = torch.zeros(B, K, steps, N, device=device)  # (B, K, T, N)
-    beam = order  # (B, K) index into the beams after the last step
+    beam = order.clone()  # (B, K) index into each item's beams after its last step
     for t in range(steps - 1, -1, -1):
-        sequences[:, :, t] = words[t].gather(1, beam)
-        attention[:, :, t] = alphas[t].gather(1, beam.unsqueeze(-1).expand(B, K, N))
-        beam = parents[t].gather(1, beam)
+        present = step_items[t]  # (b_t,) the items decoded at step t
+        at_t = beam[present]  # (b_t, K)
+        sequences[present, :, t] = words[t].gather(1, at_t)
+        attention[present, :, t] = alphas[t].gather(1, at_t.unsqueeze(-1).expand(-1, K, N))
+        beam[present] = parents[t].gather(1, at_t)
 
     sequences, attention = sequences.cpu(), attention.cpu()
     lengths = lengths.gather(1, order).long().cpu()  # (B, K) in best-first order

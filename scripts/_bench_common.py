@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmark scripts: data discovery, peak memory, and table printing."""
+"""Helpers shared by the benchmark scripts: options, data discovery, peak memory, and table printing."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -10,10 +11,22 @@ from pathlib import Path
 
 import torch
 
-from caption.utils.runtime import peak_memory_mb  # noqa: F401 - re-exported for the scripts
+from caption.api import pick_device
+from caption.utils.runtime import peak_memory_mb, reexec_with_malloc_tuning
+
+__all__ = ["DATA", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "run_isolated"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data"))
+
+
+def parse_bench_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device]:
+    """Add the options every benchmark shares, parse, and tune malloc as the caption command does."""
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # set when run_isolated runs one case
+    args = parser.parse_args()
+    reexec_with_malloc_tuning()  # the cases inherit it
+    return args, pick_device(args.device)
 
 
 def run_isolated(script: str, case: str, args: list[str]) -> dict:

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import DATA, machine, peak_memory_mb, print_table, run_isolated  # noqa: E402
+from _bench_common import DATA, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
 from caption.api import Captioner  # noqa: E402
-from caption.utils.runtime import reexec_with_malloc_tuning  # noqa: E402
 
 REFERENCE_IMAGES_PER_S = 5.13  # ../shared/ANCHORS.md: the tutorial, one image at a time, beam 3
 REFERENCE_PHOTO_MS = 247.0
@@ -73,12 +72,7 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--workers", type=int,
                         help="image-decoding worker processes end to end (default: the library's, 2 on a GPU, 0 on a CPU)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    reexec_with_malloc_tuning()  # as the caption command does; the cases inherit it
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    args, device = parse_bench_args(parser)
     if args.case:
         print(json.dumps(run_case(args.case, args.images, device, args.workers)))
         return 0

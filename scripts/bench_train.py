@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import DATA, machine, peak_memory_mb, print_table, run_isolated  # noqa: E402
+from _bench_common import DATA, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
 from caption.config import DecoderConfig, EncoderConfig  # noqa: E402
 from caption.data.coco import read_caption_set  # noqa: E402
@@ -32,7 +32,6 @@ from caption.data.images import ImageTransform  # noqa: E402
 from caption.data.vocab import Vocabulary  # noqa: E402
 from caption.features.encoder import ImageEncoder  # noqa: E402
 from caption.models.decoder import AttentionLSTMDecoder, caption_loss  # noqa: E402
-from caption.utils.runtime import reexec_with_malloc_tuning  # noqa: E402
 
 REFERENCE_CAPTIONS_PER_S = 8.4  # ../shared/ANCHORS.md: the tutorial implementation on this machine kind
 CASES = {
@@ -124,12 +123,7 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per case")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    reexec_with_malloc_tuning()  # as the caption command does; the cases inherit it
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    args, device = parse_bench_args(parser)
     if args.case:
         print(json.dumps(run_case(args.case, args.steps, device)))
         return 0

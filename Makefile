@@ -1,4 +1,4 @@
-# Two commands for a new user:  make demo  (caption the sample photos with the shipped model)
+# Two commands for a new user:  make demo  (the web demo on the shipped model; prints its URL)
 #                               make test  (the whole test suite)
 PYTHON ?= python3
 VENV := .venv
@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 # The PyTorch build to install; the machines this project is built on serve these releases locally.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 CAPTION_DATA ?= ../shared/data
-PHOTOS ?= $(wildcard $(CAPTION_DATA)/flickr8k/photos_fullres/*.jpg)
+DEMO_ARGS ?=
+# apt-get as root, else through sudo
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install demo test lint java prepare-flickr8k train-default clean
+.PHONY: install demo test lint java chromium prepare-flickr8k train-default clean
 
 install: $(STAMP)
 
@@ -24,13 +26,20 @@ $(STAMP): pyproject.toml
 java:
 	@command -v java >/dev/null 2>&1 || { \
 	  echo "Java not found: installing default-jre-headless"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq default-jre-headless; fi; }
+	  $(APT) update -qq && $(APT) install -y -qq default-jre-headless; }
+
+# The browser tests use Debian's chromium (playwright drives it; it downloads no browser). Where it cannot
+# be installed the browser tests skip and say why, so this target warns instead of failing.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "chromium not found: installing Debian's chromium for the browser tests"; \
+	  { $(APT) update -qq && $(APT) install -y -qq chromium; } \
+	  || echo "warning: could not install chromium; the browser tests will be skipped"; }
 
 demo: install
-	$(BIN)/python demo/caption_photos.py $(PHOTOS)
+	CAPTION_DATA=$(CAPTION_DATA) $(BIN)/python demo/app.py $(DEMO_ARGS)
 
-test: install java
+test: install java chromium
 	CAPTION_DATA=$(CAPTION_DATA) $(BIN)/python -m pytest -q
 	$(BIN)/ruff check caption scripts demo tests
 

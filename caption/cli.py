@@ -1,4 +1,4 @@
-"""The ``caption`` command: prepare data, train, predict, evaluate and export models."""
+"""The ``caption`` command: prepare data, train, predict, caption in batch, evaluate and export models."""
 
 from __future__ import annotations
 
@@ -61,6 +61,25 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(results) - len(failed)} captioned, {len(failed)} could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from caption.api import Captioner
+    from caption.serving.batch import caption_files
+    from caption.serving.inputs import discover
+
+    found = discover(args.inputs, args.file_list)
+    if not found.files:
+        raise ValueError("nothing to caption: the inputs name no image files")
+    captioner = Captioner.load(args.model, device=args.device)
+    summary = caption_files(
+        captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
+        batch_size=args.batch_size, num_workers=args.workers, beam_size=args.beam_size, max_length=args.max_length,
+        length_penalty=args.length_penalty, progress=not args.no_progress,
+    )
+    print(summary.report(ignored=found.ignored), end="", file=sys.stderr)
+    print(f"wrote {summary.output}", file=sys.stderr)
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -137,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--attention", action="store_true", help="json: include the attention maps")
     predict.set_defaults(run=_predict)
 
+    batch = commands.add_parser(
+        "batch", help="caption many files into JSONL, CSV or COCO results JSON (resumable)",
+        description="Caption folders (recursively), globs, files and file lists. Re-running with the same --out "
+                    "skips what it already holds; unreadable files are reported in it, never fatal.")
+    batch.add_argument("inputs", nargs="*", help="image files, folders, or globs such as 'photos/**/*.jpg'")
+    batch.add_argument("--file-list", action="append", default=[], metavar="FILE",
+                       help="a text file with one path per line (may be repeated)")
+    batch.add_argument("--out", required=True, help="results file: .jsonl, .csv or .json (COCO results)")
+    batch.add_argument("--format", choices=["jsonl", "csv", "coco"], help="default: from the --out extension")
+    batch.add_argument("--annotations", help="coco: take image ids from this COCO caption JSON")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    decoding_options(batch)
+    batch.set_defaults(run=_batch, batch_size=32)
+
     evaluate = commands.add_parser("evaluate", help="COCO caption metrics for a model or a results file")
     evaluate.add_argument("--annotations", required=True, help="COCO caption JSON with the references")
     evaluate.add_argument("--images", help="image folder: caption it with --model")
@@ -165,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if argv is None and args.command in ("train", "predict", "evaluate"):
+    if args.command == "batch" and not (args.inputs or args.file_list):
+        parser.error("batch: name image files, folders or globs, or give --file-list")
+    if argv is None and args.command in ("train", "predict", "evaluate", "batch"):
         reexec_with_malloc_tuning()
     setup_logging()
     from caption.config import ConfigError

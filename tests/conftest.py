@@ -81,3 +81,38 @@ def few_real_images(flickr_splits, flickr_dir, lite0_encoder, tmp_path_factory):
     cache = FeatureCache(tmp_path_factory.mktemp("features"), lite0_encoder)
     features = cache.get_or_build([str(p) for p in split.paths()], device=torch.device("cpu"), num_workers=0)
     return split, features
+
+
+def jpeg_bytes(image, **kwargs) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def problem_files(folder: Path, photo: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Files a user might upload, made from a real ``photo``: (readable ones, unreadable ones) by name.
+
+    Readable: a PNG named .jpg, a transparent PNG, greyscale, CMYK, and an EXIF-rotated JPEG whose upright
+    view is ``photo`` itself. Unreadable: not an image, a truncated JPEG, zero bytes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = Image.open(photo).convert("RGB")
+    good = {name: folder / name for name in ("png_named.jpg", "alpha.png", "grey.png", "cmyk.jpg", "rotated.jpg")}
+    image.save(good["png_named.jpg"], "PNG")
+    rgba = image.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(good["alpha.png"])
+    image.convert("L").save(good["grey.png"])
+    image.convert("CMYK").save(good["cmyk.jpg"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": what a phone held upright stores
+    good["rotated.jpg"].write_bytes(jpeg_bytes(image.transpose(Image.Transpose.ROTATE_90), exif=exif, quality=100, subsampling=0))
+    bad = {name: folder / name for name in ("notes.jpg", "truncated.jpg", "empty.jpg")}
+    bad["notes.jpg"].write_text("this is not an image")
+    data = Path(photo).read_bytes()
+    bad["truncated.jpg"].write_bytes(data[: len(data) // 2])  # a real JPEG cut off half-way
+    bad["empty.jpg"].write_bytes(b"")
+    return good, bad

@@ -59,11 +59,12 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image:
+def load_image(item: ImageInput, draft_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read an image as upright RGB (EXIF rotation applied, alpha on white, grey/CMYK converted).
 
     ``draft_size`` lets the JPEG decoder downscale while decoding, which is much faster for large
-    photos that are about to be shrunk anyway. Raises ``ImageLoadError`` naming the input.
+    photos that are about to be shrunk anyway. Files over ``max_pixels`` are refused before decoding.
+    Raises ``ImageLoadError`` naming the input.
     """
     source = describe(item)
     if isinstance(item, np.ndarray):
@@ -82,8 +83,8 @@ def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageLoadError(source, f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS}")
+                if width * height > max_pixels:
+                    raise ImageLoadError(source, f"{width}x{height} pixels is over the limit of {max_pixels:,}")
                 if draft_size and opened.format == "JPEG":
                     opened.draft("RGB", (draft_size, draft_size))
                 opened.load()

@@ -1,0 +1,205 @@
+"""Caption many files into JSONL, CSV or a COCO results JSON, resumably.
+
+Every result is appended to a journal and flushed as soon as it exists, so a killed run loses at most the
+batch in flight; running again with the same output skips every file the journal already holds (captioned
+or reported bad). For JSONL and CSV the journal is the output itself; for a COCO results JSON, which
+cannot be appended to, it is ``<output>.progress.jsonl`` beside it, and the JSON is rewritten at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from caption.api import Captioner, CaptionResult
+from caption.utils.io import atomic_write_json
+
+FORMATS = ("jsonl", "csv", "coco")
+CSV_FIELDS = ("source", "caption", "score", "error")
+
+
+def infer_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    formats = {".jsonl": "jsonl", ".csv": "csv", ".json": "coco"}
+    if suffix not in formats:
+        raise ValueError(f"{path}: cannot tell the output format from the extension; name it .jsonl, .csv "
+                         "or .json (COCO results), or pass --format")
+    return formats[suffix]
+
+
+def _drop_partial_line(path: Path) -> None:
+    """A kill can leave half a record at the end: cut the file back to its last complete line."""
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+class Journal:
+    """The append-only record of a run: one line per file, flushed as written."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.path = path
+        self.csv = fmt == "csv"
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        if not self.path.is_file():
+            return
+        _drop_partial_line(self.path)
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            if self.csv:
+                for row in csv.DictReader(handle):
+                    yield {k: v for k, v in row.items() if v not in ("", None)}
+                return
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{self.path}:{number}: not a JSON line; is this the output of another "
+                                     "program? Give a new output file.") from None
+
+    @contextmanager
+    def open(self) -> Iterator[JournalWriter]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        with open(self.path, "a", encoding="utf-8", newline="") as handle:
+            writer = JournalWriter(handle, self.csv, write_header=new)
+            yield writer
+            writer.sync()
+
+
+class JournalWriter:
+    def __init__(self, handle: TextIO, as_csv: bool, write_header: bool):
+        self.handle = handle
+        self.csv = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore") if as_csv else None
+        if self.csv is not None and write_header:
+            self.csv.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.csv is not None:
+            self.csv.writerow(record)
+        else:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()  # in the kernel's hands now: a killed process loses nothing written
+
+    def sync(self) -> None:
+        os.fsync(self.handle.fileno())  # and on disk, once per batch
+
+
+def coco_image_id(source: str, ids_by_name: dict[str, int] | None = None) -> int | str:
+    """The image id of a file: from the annotations when given, else the number in a COCO-style name
+    (``COCO_val2014_000000391895.jpg``, ``000000391895.jpg``), else the file's stem."""
+    name = Path(source).name
+    if ids_by_name is not None:
+        if source in ids_by_name:
+            return ids_by_name[source]
+        if name in ids_by_name:
+            return ids_by_name[name]
+        raise ValueError(f"{source}: not an image of the annotations file; caption only its images, "
+                         "or leave out --annotations")
+    match = re.fullmatch(r"(?:.*_)?(\d+)", Path(source).stem)
+    return int(match.group(1)) if match else Path(source).stem
+
+
+@dataclass
+class BatchSummary:
+    output: Path
+    total: int  # files named by the inputs
+    captioned: int = 0  # captioned by this run
+    already_done: int = 0  # found in the output of an earlier run and skipped
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), this run's
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.captioned + len(self.failed)) / self.seconds if self.seconds else 0.0
+
+    def report(self, ignored: int = 0, show: int = 20) -> str:
+        out = io.StringIO()
+        out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s), {len(self.failed)} could not "
+                  f"be read, {self.already_done} already in {self.output}")
+        if ignored:
+            out.write(f"; left out {ignored} file{'' if ignored == 1 else 's'} in the folders that are not images by extension")
+        out.write("\n")
+        for source, reason in self.failed[:show]:
+            out.write(f"  bad file: {source}: {reason}\n")
+        if len(self.failed) > show:
+            out.write(f"  ... and {len(self.failed) - show} more (every one is in the output with its reason)\n")
+        return out.getvalue()
+
+
+def _record(result: CaptionResult) -> dict[str, Any]:
+    if not result.ok:
+        return {"source": result.source, "error": result.error}
+    return {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
+
+
+def caption_files(
+    captioner: Captioner,
+    files: Iterable[str],
+    output: str | Path,
+    *,
+    fmt: str | None = None,
+    annotations: str | Path | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    length_penalty: float | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring."""
+    output, files = Path(output), list(files)
+    fmt = fmt or infer_format(output)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
+    ids_by_name = _annotation_ids(annotations) if annotations else None
+    journal = Journal(output.with_name(output.name + ".progress.jsonl") if fmt == "coco" else output, fmt)
+    if fmt == "coco":  # fail before captioning, not after, when a file is not in the annotations
+        for source in files:
+            coco_image_id(source, ids_by_name)
+
+    done = {record["source"] for record in journal.records() if "source" in record}
+    todo = [f for f in files if f not in done]
+    summary = BatchSummary(output=output, total=len(files), already_done=len(files) - len(todo))
+    started = time.perf_counter()
+    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, beam_size=beam_size,
+                                      max_length=max_length, length_penalty=length_penalty)
+    bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
+    with journal.open() as writer, bar:
+        for count, result in enumerate(results, 1):
+            writer.write(_record(result))
+            if result.ok:
+                summary.captioned += 1
+            else:
+                summary.failed.append((result.source, result.error))
+                bar.set_postfix(bad=len(summary.failed), refresh=False)
+            if count % batch_size == 0:
+                writer.sync()
+            bar.update()
+    summary.seconds = time.perf_counter() - started
+    if fmt == "coco":
+        wanted = set(files)
+        results_json = [{"image_id": coco_image_id(r["source"], ids_by_name), "caption": r["caption"]}
+                        for r in journal.records() if "caption" in r and r.get("source") in wanted]
+        atomic_write_json(output, results_json)
+    return summary
+
+
+def _annotation_ids(path: str | Path) -> dict[str, int]:
+    from caption.data.coco import load_coco_json
+
+    return {image["file_name"]: int(image["id"]) for image in load_coco_json(path)["images"]}

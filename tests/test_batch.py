@@ -1,0 +1,112 @@
+"""``caption batch``: folders with good and bad files, the three output formats, and resuming after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from caption.cli import main
+from caption.serving.batch import Journal, coco_image_id
+from caption.serving.inputs import InputError, discover
+from tests.conftest import REPO, problem_files, require
+
+
+@pytest.fixture(scope="module")
+def dev_photos(flickr_dir) -> list[Path]:
+    names = require(flickr_dir / "Flickr_8k.devImages.txt").read_text().split()
+    return [flickr_dir / "images" / name for name in names[:40]]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_mixed_folder_gives_a_caption_for_every_good_file_and_a_reason_for_every_bad_one(
+        dev_photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for photo in dev_photos[:3]:
+        shutil.copy(photo, folder / "nested" / photo.name)  # test-time copies of real photos
+    good, bad = problem_files(folder, dev_photos[3])
+    (folder / "readme.txt").write_text("not an image by its extension: left out")
+
+    out = tmp_path / "captions.jsonl"
+    assert main(["batch", str(folder), "--out", str(out), "--batch-size", "4", "--no-progress"]) == 0
+    records = {Path(r["source"]).name: r for r in read_jsonl(out)}
+    expected_good = {p.name for p in dev_photos[:3]} | set(good)
+    assert set(records) == expected_good | set(bad)  # every image-named file, recursively; readme.txt left out
+    for name in expected_good:
+        assert records[name]["caption"] and records[name]["beams"][0]["text"] == records[name]["caption"]
+    for name in bad:
+        assert "caption" not in records[name] and records[name]["error"]
+    assert "empty (0 bytes)" in records["empty.jpg"]["error"]
+    assert "truncated" in records["truncated.jpg"]["error"]
+    assert "not an image" in records["notes.jpg"]["error"]
+
+    summary = capsys.readouterr().err
+    assert f"{len(expected_good)} captioned" in summary and f"{len(bad)} could not be read" in summary
+    assert all(f"bad file: {folder / name}" in summary for name in bad)
+    assert "left out 1 file" in summary
+
+    # CSV from a glob plus a file list; the COCO results JSON takes the ids from the file names.
+    file_list = tmp_path / "list.txt"
+    file_list.write_text(f"# photos\n{dev_photos[4]}\n\n{folder / 'notes.jpg'}\n")
+    table = tmp_path / "captions.csv"
+    assert main(["batch", str(folder / "nested" / "*.jpg"), "--file-list", str(file_list), "--out", str(table),
+                 "--no-progress"]) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 5 and sum(bool(r["caption"]) for r in rows) == 4 and rows[-1]["error"]
+    coco = tmp_path / "results.json"
+    assert main(["batch", str(folder / "nested"), "--out", str(coco), "--no-progress"]) == 0
+    results = json.loads(coco.read_text())
+    assert sorted(r["image_id"] for r in results) == sorted(p.stem for p in dev_photos[:3])
+
+
+def test_inputs_and_image_ids(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        discover([str(tmp_path / "missing")])
+    with pytest.raises(InputError, match="matches no files"):
+        discover([str(tmp_path / "*.jpg")])
+    (tmp_path / "a.JPG").write_bytes(b"x")
+    found = discover([str(tmp_path), str(tmp_path / "a.JPG")])
+    assert found.files == [str(tmp_path / "a.JPG")]  # given twice, captioned once
+    assert coco_image_id("val/COCO_val2014_000000391895.jpg") == 391895
+    assert coco_image_id("000000000139.jpg") == 139
+    assert coco_image_id("a/1000268201_693b08cb0e.jpg") == "1000268201_693b08cb0e"
+    assert coco_image_id("x/b.jpg", {"b.jpg": 7}) == 7
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_a_file(dev_photos, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    command = [sys.executable, "-m", "caption.cli", "batch", *map(str, dev_photos), "--out", str(out),
+               "--batch-size", "4", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 8:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    captioned_before = len(read_jsonl(out))
+    assert 8 <= captioned_before < len(dev_photos), "the run should have been killed part-way"
+    with out.open("a") as handle:  # as if the kill had come half-way through writing a record
+        handle.write('{"source": "half a rec')
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"{captioned_before} already in" in second.stderr
+    records = read_jsonl(out)  # the half record is gone, every line parses
+    assert [r["source"] for r in records] == [str(p) for p in dev_photos]  # each file once, in order
+    assert all(r.get("caption") for r in records)
+    assert len(list(Journal(out, "jsonl").records())) == len(dev_photos)

@@ -1,0 +1,169 @@
+"""The web demo: the batched caption service on awkward and bad files, then the real server through
+gradio_client (16 requests at once) and through a real browser (Debian chromium driven by playwright)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA, REPO, problem_files, require
+
+pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
+
+from caption.api import Captioner  # noqa: E402
+from caption.serving.web import CaptionService, Limits  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("CAPTION_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def photos(flickr_dir) -> list[str]:
+    return [str(p) for p in sorted(require(flickr_dir / "photos_fullres").glob("*.jpg"))]
+
+
+@pytest.fixture(scope="module")
+def captioner() -> Captioner:
+    return Captioner.load()
+
+
+def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captioner, photos, tmp_path):
+    service = CaptionService(captioner, Limits(max_file_mb=1.0, max_pixels=20_000_000))
+    good, bad = problem_files(tmp_path, photos[0])
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (5000, 5000)).save(huge)  # 25 MP, a few KB: over the pixel limit
+    big = tmp_path / "big.bmp"
+    Image.new("RGB", (800, 600)).save(big)  # 1.4 MB: over the upload limit
+    paths = [photos[0], *map(str, good.values()), *map(str, bad.values()), str(huge), str(big), None]
+    [results] = service.caption_batch(paths, [3] * len(paths), [20] * len(paths))
+
+    reference = captioner.caption(photos[0], beam_size=3, max_length=20)
+    assert results[0]["caption"] == reference.text and results[0]["score"] == pytest.approx(reference.score, abs=1e-3)
+    assert len(results[0]["beams"]) == 3 and np.array(results[0]["attention"]).shape == (len(results[0]["words"]), 49)
+    for name, result in zip([*good, *bad, "huge.png", "big.bmp"], results[1:-1]):
+        if name in good:
+            assert result.get("caption"), f"{name}: {result}"
+        else:
+            assert result["error"].startswith(name + ": "), result  # names the file as uploaded
+    errors = [r["error"] for r in results[1 + len(good) : -1]]
+    assert ["not an image" in errors[0], "truncated" in errors[1], "empty" in errors[2]] == [True] * 3
+    assert "over the limit of 20,000,000" in errors[3] and "over the 1 MB limit" in errors[4]
+    assert results[-1] == {}  # a cleared upload: nothing to show, nothing to complain about
+
+    status, caption, image, beams, heatmaps = service.render(str(good["rotated.jpg"]), results[1 + 4])
+    assert status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3
+    upright = np.asarray(Image.open(photos[0]).convert("RGB").resize(image.size), dtype=float)
+    assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 20  # shown the right way up
+    status, *_ = service.render(str(bad["truncated.jpg"]), results[1 + len(good) + 1])
+    assert status.startswith("**Could not caption this file.**") and "truncated.jpg" in status
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``demo/app.py`` on the shipped model, as ``make demo`` starts it; yields (url, log file)."""
+    log = tmp_path_factory.mktemp("demo") / "server.log"
+    env = dict(os.environ, CAPTION_DATA=str(DATA), PYTHONPATH=str(REPO))
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(free_port())],
+                                   stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while "Captioning demo" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        url = log.read_text().split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")  # local only by default
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, captioner, photos):
+    from gradio_client import Client, handle_file
+
+    url, log = server
+    client = Client(url, verbose=False)
+    assert "/caption" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    requests = [photos[i % len(photos)] for i in range(16)]
+    expected = {p: captioner.caption(p, beam_size=3, max_length=20).text for p in set(requests)}
+    with ThreadPoolExecutor(16) as pool:
+        jobs = [pool.submit(lambda p=p: Client(url, verbose=False).submit(handle_file(p), 3, 20, api_name="/caption"))
+                for p in requests]
+        answers = [job.result().result(timeout=300) for job in jobs]
+    for photo, answer in zip(requests, answers):
+        assert answer["caption"] == expected[photo], photo
+        assert answer["beams"][0] == {"text": answer["caption"], "score": answer["score"]}
+    batches = [int(line.split("captioned ")[1].split()[0]) for line in log.read_text().splitlines()
+               if "request(s) in" in line]
+    assert max(batches) > 1, f"concurrent requests were not batched: {batches}"
+
+    bad = client.predict(handle_file(str(REPO / "README.md")), 3, 20, api_name="/caption")
+    assert bad == {"error": "README.md: not an image file (unknown or unsupported format)"}
+    again = client.predict(handle_file(photos[0]), 1, 20, api_name="/caption")  # still serving
+    assert again["caption"] and len(again["beams"]) == 1
+
+
+def chromium_or_skip() -> str:
+    pytest.importorskip("playwright.sync_api", reason="browser tests need playwright: pip install -e '.[dev]'")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is missing (`make test` installs Debian's chromium with apt-get)")
+    return CHROMIUM
+
+
+def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_file_an_error(server, photos, tmp_path):
+    chromium = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    truncated = tmp_path / "broken.jpg"
+    data = Path(photos[1]).read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            page.locator("#upload input[type=file]").set_input_files(photos[0])
+            caption = page.locator("#caption textarea")
+            expect(caption).not_to_have_value("", timeout=120_000)
+            words = caption.input_value().split()
+            assert len(words) >= 3
+            heatmaps = page.locator("#attention img")
+            expect(heatmaps).to_have_count(len(words), timeout=30_000)  # one heatmap per word
+            page.wait_for_function("[...document.querySelectorAll('#attention img')].every(i => i.naturalWidth > 0)")
+            expect(page.locator("#preview img")).to_be_visible()
+            expect(page.locator("#beams")).to_contain_text(words[-1])
+            page.screenshot(path=str(ARTIFACTS / "demo-caption.png"), full_page=True)
+
+            page.locator("#upload button[aria-label=Clear]").click()
+            page.locator("#upload input[type=file]").set_input_files(str(truncated))
+            expect(page.locator("#status")).to_contain_text("Could not caption this file", timeout=60_000)
+            expect(page.locator("#status")).to_contain_text("broken.jpg")
+            expect(page.locator("#status")).to_contain_text("truncated")
+            assert "Traceback" not in page.content()
+            expect(caption).to_have_value("")
+            page.screenshot(path=str(ARTIFACTS / "demo-error.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "demo-caption.png").stat().st_size > 10_000
+

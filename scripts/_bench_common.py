@@ -14,7 +14,7 @@ import torch
 from caption.api import pick_device
 from caption.utils.runtime import peak_memory_mb, reexec_with_malloc_tuning
 
-__all__ = ["DATA", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "run_isolated"]
+__all__ = ["DATA", "REPO", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "run_isolated"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data"))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from caption.data.vocab import Vocabulary
-from caption.models.decoder import AttentionLSTMDecoder
+from caption.models.decoder import AttentionLSTMDecoder, Parents
 
 
 @dataclass
@@ -48,40 +48,41 @@ def beam_search(
     V = decoder.vocab_size
     device = memory.device
 
-    projected, (h, c) = decoder.start(memory, mask)  # (B, N, A), (B, H) x2
-    h, c = h.repeat_interleave(K, dim=0), c.repeat_interleave(K, dim=0)  # (B*K, H) each: K beams per item
+    projected, (h, c) = decoder.start_decoding(memory, mask)  # (B, N, A), (B, H) x2
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
+    items = torch.arange(B, device=device)  # (B,)
+    # The K beams of an item all start from its one initial state.
+    parents = Parents(rows=items, items=items, slots=torch.zeros_like(items), of_beam=items.repeat_interleave(K))
 
     # State of the b items still decoding; `items` (b,) names them. An item leaves the batch once all of
-    # its beams have ended, and its final scores move to the (B, K) tensors below.
-    items = torch.arange(B, device=device)  # (b,)
+    # its beams have ended, and its final scores move to the (B, K) tensors below. (h, c) stay as the last
+    # step left them: `parents` picks the rows that beams extend.
     log_probs = torch.zeros(B, K, device=device)  # (b, K)
     log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
     lengths = torch.zeros(B, K, device=device)  # (b, K) tokens emitted, <eos> included
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (b, K)
     final_log_probs, final_lengths = log_probs.clone(), lengths.clone()  # (B, K) each
-    banned = torch.zeros(V, dtype=torch.bool, device=device)  # (V,)
-    banned[list(banned_ids)] = True
+    banned = torch.tensor(banned_ids, dtype=torch.long, device=device)  # (n_banned,)
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
     done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
     beam_ids = torch.arange(K, device=device)  # (K,)
     row_offsets = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1) first row of each batch row
-    # Back-pointers: after step t, beam j of batch row r extends beam parents[t][r, j] with words[t][r, j];
+    # Back-pointers: after step t, beam j of batch row r extends beam back[t][r, j] with words[t][r, j];
     # step_items[t] names the item of each row.
-    parents, words, alphas, step_items = [], [], [], []
+    back, words, alphas, step_items = [], [], [], []
 
     for t in range(max_length + 1):
         b = len(items)
-        logits, (h, c), alpha = decoder.step(decoder.embedding(tokens), (h, c), memory, projected, mask)
-        logits = logits.float().masked_fill(banned, float("-inf"))  # (b*K, V)
+        logits, (h, c), alpha = decoder.decode_step(tokens, (h, c), parents, memory, projected, mask)  # alpha (P, N)
+        logits = logits.float().index_fill_(1, banned, float("-inf"))  # (b*K, V)
         step = torch.log_softmax(logits, dim=-1).view(b, K, V)  # (b, K, V)
         if t == 0:  # a caption has at least one word
             step[..., eos_id] = float("-inf")
         if t == max_length:  # out of words: every open beam must end here
             step = done_row.expand(b, K, V) + step[..., eos_id : eos_id + 1]
-        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (b, K, V)
-        candidates = log_probs.unsqueeze(-1) + step  # (b, K, V)
+        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (b, K, V); a mask index would sync on CUDA
+        candidates = step.add_(log_probs.unsqueeze(-1))  # (b, K, V)
         new_lengths = (lengths + (~finished).float()).unsqueeze(-1)  # (b, K, 1)
         ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (b, K, V)
         _, best = ranked.view(b, K * V).topk(K, dim=1)  # (b, K)
@@ -93,14 +94,14 @@ def beam_search(
         lengths = lengths.gather(1, parent) + (~was_finished).float()  # (b, K)
         finished = was_finished | (word == eos_id)  # (b, K)
         rows = (row_offsets[:b] + parent).view(-1)  # (b*K,) each parent's row
-        h, c, tokens = h[rows], c[rows], word.view(-1)  # (b*K, H) x2, (b*K,)
-        parents.append(parent)
+        tokens = word.view(-1)  # (b*K,)
+        back.append(parent)
         words.append(word)
-        alphas.append(alpha[rows].view(b, K, N).float())  # (b, K, N) where each new beam's word looked
+        alphas.append(alpha[parents.of_beam[rows]].view(b, K, N).float())  # (b, K, N) where each new beam's word looked
         step_items.append(items)
 
         decoding = ~finished.all(dim=1)  # (b,)
-        still = int(decoding.sum())  # the step's one host-device sync
+        still = int(decoding.sum())  # a host-device sync, as is torch.unique below
         if still < b:
             done = (~decoding).nonzero().squeeze(1)  # (d,)
             final_log_probs[items[done]], final_lengths[items[done]] = log_probs[done], lengths[done]
@@ -108,10 +109,19 @@ def beam_search(
                 break
             keep = decoding.nonzero().squeeze(1)  # (b',)
             keep_rows = (keep.unsqueeze(1) * K + beam_ids).view(-1)  # (b'*K,)
-            items, memory, projected = items[keep], memory[keep], projected[keep]  # (b',), (b', N, C), (b', N, A)
+            items = items[keep]  # (b',)
+            memory, projected = memory.index_select(0, keep), projected.index_select(0, keep)  # (b', N, C), (b', N, A)
             mask = mask[keep] if mask is not None else None  # (b', N)
             log_probs, lengths, finished = log_probs[keep], lengths[keep], finished[keep]  # (b', K) each
-            h, c, tokens = h[keep_rows], c[keep_rows], tokens[keep_rows]  # (b'*K, H) x2, (b'*K,)
+            rows, tokens = rows[keep_rows], tokens[keep_rows]  # (b'*K,) each
+        # Only open beams go on; a finished one's step is discarded, so it may point at any parent.
+        open_beams = ~finished.view(-1)  # (b'*K,)
+        parent_rows, parent_of_open = torch.unique(rows[open_beams], return_inverse=True)  # (P,), (O,)
+        of_beam = torch.zeros_like(rows)  # (b'*K,)
+        of_beam[open_beams] = parent_of_open
+        parent_items = torch.empty_like(parent_rows)  # (P,)
+        parent_items[parent_of_open] = open_beams.nonzero().squeeze(1) // K
+        parents = Parents(rows=parent_rows, items=parent_items, slots=parent_rows % K, of_beam=of_beam)
 
     log_probs, lengths = final_log_probs, final_lengths  # (B, K) each
     scores = log_probs / lengths.clamp(min=1) ** length_penalty  # (B, K)
@@ -127,7 +137,7 @@ def beam_search(
         at_t = beam[present]  # (b_t, K)
         sequences[present, :, t] = words[t].gather(1, at_t)
         attention[present, :, t] = alphas[t].gather(1, at_t.unsqueeze(-1).expand(-1, K, N))
-        beam[present] = parents[t].gather(1, at_t)
+        beam[present] = back[t].gather(1, at_t)
 
     sequences, attention = sequences.cpu(), attention.cpu()
     lengths = lengths.gather(1, order).long().cpu()  # (B, K) in best-first order

@@ -6,6 +6,8 @@ The decoder attends over a *set* of N feature vectors per item (B, N, C) with an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +15,27 @@ from torch import nn
 from caption.config import DecoderConfig
 
 State = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class InferenceWeights:
+    """AttentionLSTMDecoder's weights rearranged for ``decode_step``; derived, never trained or saved."""
+
+    hidden_weight: torch.Tensor  # (A + C + 4H, H)
+    hidden_bias: torch.Tensor  # (A + C + 4H,)
+    hidden_sizes: list[int]  # [A, C, 4H]
+    word_gates: torch.Tensor  # (V, 4H)
+    context_weight: torch.Tensor  # (4H, C)
+
+
+@dataclass
+class Parents:
+    """The rows of a decoding state that beams extend, each once (see ``AttentionLSTMDecoder.decode_step``)."""
+
+    rows: torch.Tensor  # (P,) rows of the state, distinct
+    items: torch.Tensor  # (P,) item (row of the memory) of each
+    slots: torch.Tensor  # (P,) in 0..K-1, distinct among the parents of one item
+    of_beam: torch.Tensor  # (b*K,) each beam's parent, an index into rows
 
 
 class AdditiveAttention(nn.Module):
@@ -35,13 +58,17 @@ class AdditiveAttention(nn.Module):
         # w.tanh(x) + b computed as 2w.sigmoid(2x) + (b - sum(w)): the same function, but PyTorch's CPU
         # sigmoid is about 3x faster than its tanh, and this is the largest elementwise op of a step.
         gate = torch.sigmoid_((projected.unsqueeze(1) + query).mul_(2))  # (B, K, N, A)
-        weight = self.score.weight.squeeze(0)  # (A,)
-        scores = gate @ (2 * weight) + (self.score.bias - weight.sum())  # (B, K, N)
+        scores = self.scores(gate)  # (B, K, N)
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
         alpha = scores.softmax(dim=-1)  # (B, K, N)
         context = torch.bmm(alpha.to(memory.dtype), memory)  # (B, K, C)
         return context.view(B * K, -1), alpha.view(B * K, N)  # (B*K, C), (B*K, N)
+
+    def scores(self, gate: torch.Tensor) -> torch.Tensor:
+        """The scores (..., N) from ``gate`` (..., N, A) = sigmoid(2 (W_m m + W_h h)), as in ``forward``."""
+        weight = self.score.weight.squeeze(0)  # (A,)
+        return gate @ (2 * weight) + (self.score.bias - weight.sum())  # (..., N)
 
 
 class AttentionLSTMDecoder(nn.Module):
@@ -60,6 +87,7 @@ class AttentionLSTMDecoder(nn.Module):
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.uniform_(self.output.weight, -0.1, 0.1)
         nn.init.zeros_(self.output.bias)
+        self._inference: tuple[tuple, InferenceWeights] | None = None  # see inference_weights()
 
     def start(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Project the memory once for attention and initialise (h, c) from its (masked) mean."""
@@ -90,6 +118,73 @@ class AttentionLSTMDecoder(nn.Module):
         h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))  # (B*K, H) each
         logits = self.output(self.dropout(h))  # (B*K, V)
         return logits, (h, c), alpha
+
+    def inference_weights(self) -> InferenceWeights:
+        """The weights rearranged for ``decode_step``, built on first use and again whenever a parameter
+        changes (an optimizer step or ``load_state_dict`` bumps its version, ``.to()`` moves its data)."""
+        key = tuple((p.device, p.data_ptr(), p._version) for p in self.parameters())
+        if self._inference is None or self._inference[0] != key:
+            with torch.no_grad():
+                E = self.embedding.embedding_dim
+                w_ih = self.lstm.weight_ih  # (4H, E + C) acting on cat[embedded, context]
+                query, lstm = self.attention.hidden_proj, self.lstm
+                weights = InferenceWeights(
+                    # Every matmul that reads h, as one: the attention query (doubled, see start_decoding),
+                    # the context gate and the LSTM's W_hh.
+                    hidden_weight=torch.cat([2 * query.weight, self.gate.weight, lstm.weight_hh]),  # (A+C+4H, H)
+                    hidden_bias=torch.cat([2 * query.bias, self.gate.bias, lstm.bias_hh]),  # (A+C+4H,)
+                    hidden_sizes=[query.out_features, self.gate.out_features, 4 * lstm.hidden_size],
+                    # W_ih's embedding half and b_ih depend only on the word: one row per vocabulary word.
+                    word_gates=torch.addmm(lstm.bias_ih, self.embedding.weight, w_ih[:, :E].t()),  # (V, 4H)
+                    context_weight=w_ih[:, E:].contiguous(),  # (4H, C)
+                )
+            self._inference = (key, weights)
+        return self._inference[1]
+
+    def start_decoding(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """``start`` for ``decode_step``: the projected memory comes doubled, which ``step`` does every step."""
+        projected, state = self.start(memory, mask)  # (B, N, A), (B, H) x2
+        return projected.mul_(2), state
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        state: State,
+        parents: Parents,
+        memory: torch.Tensor,
+        projected: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """``step`` in eval mode for inference: the same function (to float rounding) with fewer, larger matmuls.
+
+        Beam b*K + k feeds word ``tokens`` (b*K,) to the row ``parents.rows[parents.of_beam[b*K + k]]`` of
+        ``state``. Attention and the context depend only on that row, so they run once per parent (P rows)
+        however many beams extend it. ``projected`` comes from ``start_decoding``. No autograd.
+        Returns logits (b*K, V), the new state (b*K, H) x2 and the attention of each parent (P, N).
+        """
+        weights = self.inference_weights()
+        B, N, _ = memory.shape
+        K = tokens.shape[0] // B
+        # index_select, not x[index]: PyTorch's CPU advanced indexing is several times slower on wide rows.
+        h, c = state[0].index_select(0, parents.rows), state[1].index_select(0, parents.rows)  # (P, H) each
+        hidden = torch.addmm(weights.hidden_bias, h, weights.hidden_weight.t())  # (P, A+C+4H)
+        query, context_gate, gates = hidden.split(weights.hidden_sizes, dim=1)  # (P, A), (P, C), (P, 4H)
+        gate = torch.sigmoid_(projected.index_select(0, parents.items).add_(query.unsqueeze(1)))  # (P, N, A)
+        scores = self.attention.scores(gate)  # (P, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.index_select(0, parents.items), torch.finfo(scores.dtype).min)
+        alpha = scores.softmax(dim=-1)  # (P, N)
+        # A parent's slot is unique within its item, so all parents read the memory in one batched matmul.
+        slots = alpha.new_zeros(B, K, N)  # (B, K, N)
+        slots[parents.items, parents.slots] = alpha
+        context = torch.bmm(slots.to(memory.dtype), memory)[parents.items, parents.slots]  # (P, C)
+        context = torch.sigmoid_(context_gate) * context  # (P, C)
+        gates = torch.addmm(gates, context, weights.context_weight.t())  # (P, 4H)
+        gates = gates.index_select(0, parents.of_beam).add_(weights.word_gates.index_select(0, tokens))  # (b*K, 4H)
+        i, f, g, o = gates.chunk(4, dim=1)  # (b*K, H) each; nn.LSTMCell's order and arithmetic
+        c = (torch.sigmoid_(f) * c.index_select(0, parents.of_beam)).add_(torch.sigmoid_(i) * torch.tanh_(g))  # (b*K, H)
+        h = torch.sigmoid_(o) * torch.tanh(c)  # (b*K, H)
+        return self.output(h), (h, c), alpha  # (b*K, V), (b*K, H) x2, (P, N)
 
     def forward(
         self,

@@ -70,7 +70,7 @@ def main() -> int:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    batches = [int(line.split("captioned ")[1].split()[0]) for line in log.read_text().splitlines() if "request(s) in" in line]
+    batches = [line.split("captioned ")[1] for line in log.read_text().splitlines() if "request(s) in" in line]
     rows = [
         {"case": f"baseline: {len(requests)} requests one after another", "requests_per_s": len(requests) / sequential_s,
          "mean_ms": 1000 * sum(one_by_one) / len(one_by_one), "max_ms": 1000 * max(one_by_one)},
@@ -82,7 +82,7 @@ def main() -> int:
     print_table(f"Web demo /caption through gradio_client, full-size photos, beam 3 ({machine()})", rows,
                 [("case", "case"), ("requests/s", "requests_per_s"), ("mean latency ms", "mean_ms"),
                  ("worst latency ms", "max_ms"), ("vs baseline", "vs_baseline")])
-    print(f"\nForward passes for the concurrent requests, by batch size: {batches[len(requests) + 1:]}")
+    print("\nThe server's forward passes for the concurrent requests:", *batches[len(requests) + 1:], sep="\n  ")
     return 0
 
 

@@ -3,6 +3,7 @@ gradio_client (16 requests at once) and through a real browser (Debian chromium 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -67,6 +68,14 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 20  # shown the right way up
     status, *_ = service.render(str(bad["truncated.jpg"]), results[1 + len(good) + 1])
     assert status.startswith("**Could not caption this file.**") and "truncated.jpg" in status
+
+
+def test_example_photos_fall_back_to_the_small_ones_in_the_repo(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPTION_DATA", str(tmp_path))  # no shared data here
+    spec = importlib.util.spec_from_file_location("demo_app", REPO / "demo" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert [Path(p).name for p in app.example_photos()] == ["astronaut.jpg", "cat.jpg", "coffee.jpg"]
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ never raise, so one bad upload cannot fail the other requests of its batch or ta
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class CaptionService:
 
     def caption_batch(self, paths: list[str | None], beam_sizes: list[float], max_lengths: list[float]) -> list[list[dict]]:
         """Gradio batch function: lists in (one entry per request), one list of JSON results out."""
+        started = time.perf_counter()
         results: list[dict[str, Any]] = [{} for _ in paths]
         groups: dict[tuple[int, int], list[tuple[int, Image.Image]]] = defaultdict(list)
         for i, (path, beam_size, max_length) in enumerate(zip(paths, beam_sizes, max_lengths)):
@@ -77,7 +79,8 @@ class CaptionService:
             )
             for (i, _), result in zip(members, captions):
                 results[i] = self._to_json(result)
-        logger.info("captioned %d request(s) in %d forward pass(es)", len(paths), len(groups))
+        logger.info("captioned %d request(s) in %d forward pass(es), %.2f s", len(paths), len(groups),
+                    time.perf_counter() - started)
         return [results]
 
     def _settings(self, beam_size: float | None, max_length: float | None) -> tuple[int, int]:

@@ -70,6 +70,17 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     assert status.startswith("**Could not caption this file.**") and "truncated.jpg" in status
 
 
+def test_a_failing_forward_pass_fails_its_requests_with_a_reason_and_the_next_one_works(captioner, photos,
+                                                                                      monkeypatch):
+    service = CaptionService(captioner)
+    with monkeypatch.context() as patch:
+        patch.setattr(captioner, "caption", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        [failed] = service.caption_batch(photos[:2], [3, 3], [20, 20])
+    assert all("could not caption this photo now (out of memory)" in r["error"] for r in failed)
+    [answered] = service.caption_batch(photos[:1], [3], [20])
+    assert answered[0]["caption"]
+
+
 def test_example_photos_fall_back_to_the_small_ones_in_the_repo(monkeypatch, tmp_path):
     monkeypatch.setenv("CAPTION_DATA", str(tmp_path))  # no shared data here
     spec = importlib.util.spec_from_file_location("demo_app", REPO / "demo" / "app.py")

@@ -73,10 +73,16 @@ class CaptionService:
                 continue
             groups[settings].append((i, image))
         for (beam_size, max_length), members in groups.items():  # usually one group: the same settings
-            captions = self.captioner.caption(
-                [image for _, image in members], beam_size=beam_size, max_length=max_length,
-                batch_size=len(members), num_workers=0, skip_errors=True,
-            )
+            try:
+                captions = self.captioner.caption(
+                    [image for _, image in members], beam_size=beam_size, max_length=max_length,
+                    batch_size=len(members), num_workers=0, skip_errors=True,
+                )
+            except RuntimeError as err:  # out of memory, say: these requests fail with a reason, the server goes on
+                logger.exception("captioning a batch of %d failed", len(members))
+                for i, _ in members:
+                    results[i] = {"error": f"the server could not caption this photo now ({err}); try again later"}
+                continue
             for (i, _), result in zip(members, captions):
                 results[i] = self._to_json(result)
         logger.info("captioned %d request(s) in %d forward pass(es), %.2f s", len(paths), len(groups),

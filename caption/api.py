@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from caption.data.images import ImageInput, ImageLoadError, ImageTransform, describe
+from caption.data.video import MAX_VIDEO_SECONDS, Frames, detect_scenes, is_video, read_frames
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import Hypothesis
 from caption.features.batching import iter_image_batches
@@ -35,6 +36,8 @@ class CaptionResult:
     grid: tuple[int, int] = (0, 0)  # the N positions as (rows, cols) of the image
     beams: list[dict[str, Any]] = field(default_factory=list)  # every beam: {"text", "score"}, best first
     error: str | None = None
+    times: list[float] = field(default_factory=list)  # videos: the sampled frames' times (s); N = frames x cells
+    segment: tuple[float, float] | None = None  # a video scene's (start, end) in seconds
 
     @property
     def ok(self) -> bool:
@@ -46,6 +49,10 @@ class CaptionResult:
             data["error"] = self.error
             return data
         data.update(caption=self.text, score=self.score, beams=self.beams)
+        if self.segment is not None:
+            data.update(start=self.segment[0], end=self.segment[1])
+        if self.times:
+            data["frame_times"] = self.times
         if attention and self.attention is not None:
             data["attention"] = np.round(self.attention, 4).tolist()
             data["grid"] = list(self.grid)
@@ -92,6 +99,8 @@ class Captioner:
         # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length normalisation.
         self.decoding = {"beam_size": 3, "max_length": vocab.max_length, "length_penalty": 1.0,
                          **self.meta.get("decoding", {})}
+        # Frames per video: what a video model was trained with; 8 for an image model used zero-shot.
+        self.num_frames = int(self.meta.get("video", {}).get("num_frames", 8))
 
     def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None) -> dict[str, Any]:
         """The decoding settings to use: the arguments given, the model's defaults for the rest."""
@@ -151,6 +160,41 @@ class Captioner:
             beams=[{"text": self.vocab.decode(b.tokens), "score": round(b.score, 4)} for b in beams],
         )
 
+    def encode_frames(self, frames: Frames) -> torch.Tensor:
+        """A video's sampled frames through the encoder: (1, F*N, C), frame after frame."""
+        images = torch.stack([self.transform(image) for image in frames.images])  # (F, 3, S, S)
+        features = self.encode(images)  # (F, N, C)
+        return features.reshape(1, -1, features.shape[-1])  # (1, F*N, C)
+
+    def caption_video(
+        self,
+        path: str | Path,
+        *,
+        num_frames: int | None = None,
+        every_seconds: float | None = None,
+        scenes: bool = False,
+        max_seconds: float = MAX_VIDEO_SECONDS,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+    ) -> list[CaptionResult]:
+        """Caption a video from ``num_frames`` frames (default: the model's) or one every ``every_seconds``;
+        with ``scenes``, one caption per scene (see ``detect_scenes``), else one for the whole video.
+        An image model attends over the union of the frames' grid cells (zero-shot); a video model also
+        knows each cell's frame. Raises ``VideoLoadError`` naming the file."""
+        spans = detect_scenes(path, max_seconds=max_seconds) if scenes else [(0.0, None)]
+        results = []
+        for start, end in spans:
+            frames = read_frames(path, num_frames or self.num_frames, every_seconds, start=start, end=end,
+                                 max_seconds=max_seconds)
+            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], beam_size=beam_size,
+                                           max_length=max_length, length_penalty=length_penalty)
+            result.times = frames.times
+            if scenes:
+                result.segment = (start, end)
+            results.append(result)
+        return results
+
     def iter_captions(
         self,
         inputs: Sequence[ImageInput],
@@ -161,21 +205,40 @@ class Captioner:
         batch_size: int = 16,
         num_workers: int | None = None,
     ) -> Iterator[CaptionResult]:
-        """Caption ``inputs`` in batches, yielding one result per input in order; unreadable inputs
-        yield a result with ``error`` set instead of stopping the others."""
+        """Caption ``inputs`` (images, and video files by extension) in order, one result each; images go
+        in batches, a video is one batch of its frames. Unreadable inputs yield a result with ``error`` set
+        instead of stopping the others."""
+        settings = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
+        image_positions = [i for i, item in enumerate(inputs) if not is_video(item)]
+        image_results = self._iter_image_captions([inputs[i] for i in image_positions], settings, batch_size,
+                                                  num_workers)
+        ready: dict[int, CaptionResult] = {}
+        next_image = iter(image_positions)
+        for position, item in enumerate(inputs):
+            if is_video(item):
+                try:
+                    yield self.caption_video(item, **settings)[0]
+                except ImageLoadError as err:
+                    yield CaptionResult(source=err.source, error=err.reason)
+                continue
+            while position not in ready:  # pull the image batch that holds this input
+                for result in next(image_results):
+                    ready[next(next_image)] = result
+            yield ready.pop(position)
+
+    def _iter_image_captions(self, images: Sequence[ImageInput], settings: dict, batch_size: int,
+                             num_workers: int | None) -> Iterator[list[CaptionResult]]:
+        """One list of results per batch of ``images``, in order."""
         batches = iter_image_batches(
-            inputs, self.transform, device=self.device, batch_size=batch_size, num_workers=num_workers,
+            images, self.transform, device=self.device, batch_size=batch_size, num_workers=num_workers,
         )
-        for indices, images, errors in batches:
+        for indices, tensors, errors in batches:
             results: dict[int, CaptionResult] = {i: CaptionResult(source=err.source, error=err.reason) for i, err in errors.items()}
-            if images is not None:
-                memory = self.encode(images)  # (B, N, C)
-                sources = [describe(inputs[i]) for i in indices]
-                captions = self.caption_memory(memory, sources=sources, beam_size=beam_size,
-                                               max_length=max_length, length_penalty=length_penalty)
-                results.update(zip(indices, captions))
-            for i in sorted(results):
-                yield results[i]
+            if tensors is not None:
+                memory = self.encode(tensors)  # (B, N, C)
+                sources = [describe(images[i]) for i in indices]
+                results.update(zip(indices, self.caption_memory(memory, sources=sources, **settings)))
+            yield [results[i] for i in sorted(results)]
 
     def caption(
         self,
@@ -188,7 +251,8 @@ class Captioner:
         num_workers: int | None = None,
         skip_errors: bool = False,
     ) -> CaptionResult | list[CaptionResult]:
-        """Caption one input or a list of them (file paths, PIL images or numpy arrays).
+        """Caption one input or a list of them (file paths, PIL images or numpy arrays; video files are
+        captioned from sampled frames, see ``caption_video``).
 
         One input gives one ``CaptionResult``; a list gives a list in the same order. An unreadable
         input raises ``ImageLoadError`` naming it, unless ``skip_errors`` is set: then its result has

@@ -13,8 +13,27 @@ from caption.utils.runtime import reexec_with_malloc_tuning
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from caption.data.convert import convert_flickr8k, convert_karpathy
+    from caption.data.convert import convert_flickr8k, convert_karpathy, convert_msrvtt, convert_msvd
 
+    if args.source == "msvd":
+        root = Path(args.input)
+        if root.is_file() and root.suffix.lower() == ".csv":
+            convert_msvd(args.out, corpus_csv=root, mapping_file=args.mapping, video_dir=args.videos)
+            return 0
+        mapping = Path(args.mapping) if args.mapping else root / "youtube_video_to_id_mapping.txt"
+        sentences = sorted(root.glob("sents_*.txt")) if root.is_dir() else []
+        if not sentences or not mapping.is_file():
+            raise FileNotFoundError(f"{root}: give the folder with youtube_video_to_id_mapping.txt and sents_<split>_"
+                                    "lc_nopunc.txt, or the 'MSR Video Description Corpus.csv' file")
+        convert_msvd(args.out, mapping_file=mapping, sentence_files=sentences, video_dir=args.videos)
+        return 0
+    if args.source == "msrvtt":
+        root = Path(args.input)
+        infos = sorted(root.glob("*videodatainfo*.json")) if root.is_dir() else [root]
+        if not infos:
+            raise FileNotFoundError(f"{root}: no train_val_videodatainfo.json / test_videodatainfo.json there")
+        convert_msrvtt(infos, args.out)
+        return 0
     if args.source == "flickr8k":
         root = Path(args.input)
         token_file = root / "Flickr8k.token.txt"
@@ -43,12 +62,19 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from caption.api import Captioner
+    from caption.data.video import is_video
 
     captioner = Captioner.load(args.model, device=args.device)
-    results = captioner.caption(
-        list(args.images), beam_size=args.beam_size, max_length=args.max_length,
-        length_penalty=args.length_penalty, batch_size=args.batch_size, num_workers=args.workers, skip_errors=True,
-    )
+    decoding = {"beam_size": args.beam_size, "max_length": args.max_length, "length_penalty": args.length_penalty}
+    if args.format in ("vtt", "srt") or args.scenes:
+        return _predict_scenes(captioner, args, decoding)
+    if args.frames or args.every:
+        results = [captioner.caption_video(item, num_frames=args.frames, every_seconds=args.every, **decoding)[0]
+                   if is_video(item) else captioner.caption(item, skip_errors=True, **decoding)
+                   for item in args.images]
+    else:
+        results = captioner.caption(list(args.images), batch_size=args.batch_size, num_workers=args.workers,
+                                    skip_errors=True, **decoding)
     failed = [r for r in results if not r.ok]
     if args.format == "json":
         print(json.dumps([r.to_dict(attention=args.attention) for r in results], indent=2))
@@ -63,6 +89,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _predict_scenes(captioner, args: argparse.Namespace, decoding: dict) -> int:
+    """One caption per scene of one video: as subtitles (vtt, srt), JSON, or text lines."""
+    from caption.serving.subtitles import to_srt, to_webvtt
+
+    if len(args.images) != 1:
+        raise ValueError("scene captions and subtitles take one video at a time")
+    scenes = captioner.caption_video(args.images[0], num_frames=args.frames, every_seconds=args.every,
+                                     scenes=True, **decoding)
+    if args.format == "vtt":
+        print(to_webvtt(scenes), end="")
+    elif args.format == "srt":
+        print(to_srt(scenes), end="")
+    elif args.format == "json":
+        print(json.dumps([r.to_dict(attention=args.attention) for r in scenes], indent=2))
+    else:
+        for result in scenes:
+            print(f"{result.segment[0]:.1f}-{result.segment[1]:.1f}s\t{result.text}")
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from caption.api import Captioner
     from caption.serving.batch import caption_files
@@ -70,7 +116,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     found = discover(args.inputs, args.file_list)
     if not found.files:
-        raise ValueError("nothing to caption: the inputs name no image files")
+        raise ValueError("nothing to caption: the inputs name no image or video files")
     captioner = Captioner.load(args.model, device=args.device)
     summary = caption_files(
         captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
@@ -126,8 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="convert a data set to COCO caption JSON, one file per split")
-    prepare.add_argument("source", choices=["flickr8k", "karpathy"])
-    prepare.add_argument("input", help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json")
+    prepare.add_argument("source", choices=["flickr8k", "karpathy", "msvd", "msrvtt"])
+    prepare.add_argument("input", help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json; "
+                                       "msvd: the folder with the mapping and sents_* files, or the corpus CSV; "
+                                       "msrvtt: the folder with *videodatainfo.json, or one such file")
+    prepare.add_argument("--mapping", help="msvd: youtube_video_to_id_mapping.txt (default: in the input folder)")
+    prepare.add_argument("--videos", help="msvd: the clips folder, to name each clip's actual file")
     prepare.add_argument("--out", required=True, help="folder for captions_<split>.json")
     prepare.add_argument("--keep-restval", action="store_true", help="karpathy: keep COCO's restval split apart")
     prepare.set_defaults(run=_prepare)
@@ -149,10 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image-decoding worker processes (default: 2 on a GPU, 0 on a CPU)")
         p.add_argument("--device", default="auto")
 
-    predict = commands.add_parser("predict", help="caption images")
-    predict.add_argument("images", nargs="+")
+    predict = commands.add_parser("predict", help="caption images and videos")
+    predict.add_argument("images", nargs="+", help="image files, and videos (mp4, avi, webm, mov, mkv)")
     decoding_options(predict)
-    predict.add_argument("--format", choices=["text", "json"], default="text")
+    predict.add_argument("--format", choices=["text", "json", "vtt", "srt"], default="text",
+                         help="vtt, srt: subtitles for one video, a cue per scene")
+    predict.add_argument("--scenes", action="store_true", help="one video: a caption per scene")
+    predict.add_argument("--frames", type=int, help="videos: frames to sample (default: the model's, 8)")
+    predict.add_argument("--every", type=float, metavar="SECONDS", help="videos: one frame every SECONDS instead")
     predict.add_argument("--attention", action="store_true", help="json: include the attention maps")
     predict.set_defaults(run=_predict)
 
@@ -160,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "batch", help="caption many files into JSONL, CSV or COCO results JSON (resumable)",
         description="Caption folders (recursively), globs, files and file lists. Re-running with the same --out "
                     "skips what it already holds; unreadable files are reported in it, never fatal.")
-    batch.add_argument("inputs", nargs="*", help="image files, folders, or globs such as 'photos/**/*.jpg'")
+    batch.add_argument("inputs", nargs="*", help="image and video files, folders, or globs such as 'photos/**/*.jpg'")
     batch.add_argument("--file-list", action="append", default=[], metavar="FILE",
                        help="a text file with one path per line (may be repeated)")
     batch.add_argument("--out", required=True, help="results file: .jsonl, .csv or .json (COCO results)")

@@ -1,4 +1,4 @@
-"""The captioning web demo (``make demo``): upload a photo, get its caption and a heatmap per word.
+"""The captioning web demo (``make demo``): upload a photo or a video, get its caption and where it looked.
 
     python demo/app.py [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860] [--share]
 
@@ -37,7 +37,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-file-mb", type=float, default=20.0, help="largest upload accepted")
+    parser.add_argument("--max-file-mb", type=float, default=50.0, help="largest upload accepted")
+    parser.add_argument("--max-video-seconds", type=float, default=300.0, help="longest video accepted")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
     parser.add_argument("--max-batch-size", type=int, default=16, help="most concurrent requests per forward pass")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this are turned away")
@@ -49,7 +50,8 @@ def main() -> int:
     from caption.serving.web import CaptionService, Limits, build_app
 
     captioner = Captioner.load(args.model, device=args.device)
-    limits = Limits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_batch_size=args.max_batch_size)
+    limits = Limits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_video_seconds=args.max_video_seconds,
+                    max_batch_size=args.max_batch_size)
     examples = example_photos()
     app = build_app(CaptionService(captioner, limits), examples, title=f"Image captioning: {captioner.path.name}")
     app.queue(max_size=args.queue_size)

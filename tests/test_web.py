@@ -62,8 +62,8 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     assert "over the limit of 20,000,000" in errors[3] and "over the 1 MB limit" in errors[4]
     assert results[-1] == {}  # a cleared upload: nothing to show, nothing to complain about
 
-    status, caption, image, beams, heatmaps = service.render(str(good["rotated.jpg"]), results[1 + 4])
-    assert status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3
+    status, caption, image, beams, heatmaps, frames = service.render(str(good["rotated.jpg"]), results[1 + 4])
+    assert status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3 and frames == []
     upright = np.asarray(Image.open(photos[0]).convert("RGB").resize(image.size), dtype=float)
     assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 20  # shown the right way up
     status, *_ = service.render(str(bad["truncated.jpg"]), results[1 + len(good) + 1])

@@ -132,7 +132,8 @@ class BatchSummary:
         out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s), {len(self.failed)} could not "
                   f"be read, {self.already_done} already in {self.output}")
         if ignored:
-            out.write(f"; left out {ignored} file{'' if ignored == 1 else 's'} in the folders that are not images by extension")
+            out.write(f"; left out {ignored} file{'' if ignored == 1 else 's'} in the folders that are not images or "
+                      "videos by extension")
         out.write("\n")
         for source, reason in self.failed[:show]:
             out.write(f"  bad file: {source}: {reason}\n")
@@ -144,7 +145,10 @@ class BatchSummary:
 def _record(result: CaptionResult) -> dict[str, Any]:
     if not result.ok:
         return {"source": result.source, "error": result.error}
-    return {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
+    record = {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
+    if result.times:
+        record["frame_times"] = result.times
+    return record
 
 
 def caption_files(

@@ -40,3 +40,26 @@ def word_heatmaps(
         raise ValueError(f"attention of shape {attention.shape} does not fit {len(words)} words over a "
                          f"{grid[0]}x{grid[1]} grid")
     return [(attention_overlay(small, attention[t], grid), word) for t, word in enumerate(words)]
+
+
+def video_word_heatmaps(
+    frames: list[Image.Image], times: list[float], words: list[str], attention: np.ndarray, grid: tuple[int, int],
+    size: int = 256,
+) -> tuple[list[tuple[Image.Image, str]], list[tuple[Image.Image, str]]]:
+    """For a video captioned over frames x cells: (one overlay per word on the frame it looked at most,
+    each frame labelled with its time and its share of the caption's attention)."""
+    cells = grid[0] * grid[1]
+    attention = np.asarray(attention).reshape(len(words), len(frames), cells)  # (T, F, N)
+    per_frame = attention.sum(axis=2)  # (T, F)
+    small = []
+    for frame in frames:
+        copy = frame.convert("RGB")
+        copy.thumbnail((size, size))
+        small.append(copy)
+    by_word = []
+    for t, word in enumerate(words):
+        f = int(per_frame[t].argmax())
+        by_word.append((attention_overlay(small[f], attention[t, f], grid), f"{word} · frame {f + 1} ({times[f]:.1f} s)"))
+    share = per_frame.mean(axis=0)  # (F,)
+    by_frame = [(image, f"{times[f]:.1f} s · {share[f]:.0%}") for f, image in enumerate(small)]
+    return by_word, by_frame

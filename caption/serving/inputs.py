@@ -7,7 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caption.data.video import VIDEO_EXTENSIONS
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -18,7 +21,7 @@ class InputError(ValueError):
 @dataclass
 class Discovered:
     files: list[str] = field(default_factory=list)  # in order, each once
-    ignored: int = 0  # files inside folders skipped because their extension is not an image's
+    ignored: int = 0  # files inside folders skipped because their extension is not an image's or a video's
 
     def add(self, path: str) -> None:
         if path not in self._seen:
@@ -29,8 +32,8 @@ class Discovered:
         self._seen: set[str] = set(self.files)
 
 
-def is_image_name(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+def is_media_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in MEDIA_EXTENSIONS
 
 
 def read_file_list(path: str | Path) -> list[str]:
@@ -43,7 +46,7 @@ def read_file_list(path: str | Path) -> list[str]:
 
 
 def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovered:
-    """Expand ``inputs`` into files: a folder contributes its images, recursively and sorted; a glob its
+    """Expand ``inputs`` into files: a folder contributes its images and videos, recursively and sorted; a glob its
     matches (``**`` recurses); a file itself, whatever its extension. Paths from ``file_lists`` are taken
     as given, so a missing one is reported with the other bad files instead of stopping the run."""
     found = Discovered()
@@ -51,7 +54,7 @@ def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovere
         path = Path(item)
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if is_image_name(child):
+                if is_media_name(child):
                     found.add(str(child))
                 else:
                     found.ignored += 1

@@ -99,8 +99,8 @@ class Captioner:
         # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length normalisation.
         self.decoding = {"beam_size": 3, "max_length": vocab.max_length, "length_penalty": 1.0,
                          **self.meta.get("decoding", {})}
-        # Frames per video: what a video model was trained with; 8 for an image model used zero-shot.
-        self.num_frames = int(self.meta.get("video", {}).get("num_frames", 8))
+        # Frames per video: one per temporal position of a video model; 8 for an image model used zero-shot.
+        self.num_frames = model.decoder_cfg.temporal_positions or 8
 
     def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None) -> dict[str, Any]:
         """The decoding settings to use: the arguments given, the model's defaults for the rest."""

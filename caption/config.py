@@ -63,10 +63,17 @@ class DecoderConfig:
     attention_dim: int = 512
     hidden_dim: int = 512
     dropout: float = 0.5
+    # Video models: a learned embedding per frame position (SA-LSTM's temporal attention needs to know which
+    # frame a cell came from); 0 for image models, which attend over a set with no order.
+    temporal_positions: int = 0
+    # A learned embedding per grid cell, so attention contexts say where in the frame they come from (how a
+    # video model can tell "moves left" from "moves right"); off for image models.
+    cell_positions: bool = False
 
     def validate(self) -> None:
         for name in ("embed_dim", "attention_dim", "hidden_dim"):
             _require(getattr(self, name) >= 1, f"decoder.{name}", "must be positive")
+        _require(self.temporal_positions >= 0, "decoder.temporal_positions", "must be 0 (images) or more")
         _require(0.0 <= self.dropout < 1.0, "decoder.dropout", "must be in [0, 1)")
 
 
@@ -80,6 +87,8 @@ class DataConfig:
     max_caption_length: int = 20
     # 0 uses every validation image; a smaller number keeps validation quick on big splits.
     max_val_images: int = 0
+    # Video data: frames sampled uniformly from each video (its "image" entries are video files); 0: images.
+    num_frames: int = 0
 
     def validate(self) -> None:
         _require(bool(self.train_annotations), "data.train_annotations",
@@ -87,6 +96,7 @@ class DataConfig:
         _require(self.min_word_count >= 1, "data.min_word_count", "must be at least 1")
         _require(self.max_caption_length >= 1, "data.max_caption_length", "must be at least 1")
         _require(self.max_val_images >= 0, "data.max_val_images", "must be 0 (all) or more")
+        _require(self.num_frames >= 0, "data.num_frames", "must be 0 (images) or the frames per video")
 
 
 @dataclass
@@ -170,6 +180,9 @@ class Config:
     def validate(self) -> Config:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
+        _require(self.decoder.temporal_positions in (0, self.data.num_frames), "decoder.temporal_positions",
+                 f"is {self.decoder.temporal_positions} but data.num_frames is {self.data.num_frames}: a video model "
+                 "has one temporal position per sampled frame (or 0 for none)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

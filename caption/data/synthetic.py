@@ -45,7 +45,7 @@ def write_moving_shape_video(
     try:
         for i in range(frames):
             progress = start + (1 - 2 * start) * i / (frames - 1)  # start .. 1 - start of the way across
-            x = int(width * (progress if direction == "right" else 1 - progress))
+            x = round(width * (progress if direction == "right" else 1 - progress))
             frame = np.full((height, width, 3), 40, dtype=np.uint8)  # (H, W, 3) dark grey
             if shape == "circle":
                 cv2.circle(frame, (x, height // 2), radius, COLOURS[colour], -1)

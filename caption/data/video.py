@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from caption.data.images import ImageLoadError
+from caption.data.images import ImageLoadError, ImageTransform
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mov", ".mkv"})
 MAX_VIDEO_SECONDS = 20 * 60.0  # longer videos are refused: sampling stays cheap, scene detection does not
@@ -242,3 +243,17 @@ def detect_scenes(
     if len(cuts) > 1 and duration - cuts[-1] < min_seconds:  # a last scene too short to caption: merge it
         cuts.pop()
     return [(round(a, 3), round(b, 3)) for a, b in zip(cuts, [*cuts[1:], duration])]
+
+
+class VideoTransform:
+    """A video file to its ``num_frames`` uniformly sampled frames, each as ``ImageTransform`` makes them."""
+
+    def __init__(self, image_transform: ImageTransform, num_frames: int, max_seconds: float = MAX_VIDEO_SECONDS):
+        self.image_transform = image_transform
+        self.num_frames = num_frames
+        self.max_seconds = max_seconds
+
+    def load(self, item: str | Path) -> torch.Tensor:
+        frames = read_frames(item, self.num_frames, max_side=2 * self.image_transform.image_size,
+                             max_seconds=self.max_seconds)
+        return torch.stack([self.image_transform(image) for image in frames.images])  # (F, 3, S, S)

@@ -48,6 +48,7 @@ def beam_search(
     V = decoder.vocab_size
     device = memory.device
 
+    memory = decoder.add_time(memory)  # (B, N, C): video models know each cell's frame
     projected, (h, c) = decoder.start_decoding(memory, mask)  # (B, N, A), (B, H) x2
     tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
     items = torch.arange(B, device=device)  # (B,)

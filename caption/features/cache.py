@@ -1,6 +1,7 @@
 """Encode each image once and keep its features on disk (fp16, memory-mapped) for decoder training.
 
-Layout: ``<cache_dir>/<encoder cache key>/<image-set hash>.npy`` holds an (M, N, C) fp16 array and
+Layout: ``<cache_dir>/<encoder cache key>/<image-set hash>.npy`` holds an (M, N, C) fp16 array (for videos
+sampled at F frames, ``<hash>-f<F>.npy`` holds (M, F*N, C)) and
 ``.json`` beside it lists the M image files and which of them could not be read. The encoder key hashes
 everything that changes the features (model, weights, image size, grid, normalisation), and the image-set
 hash covers each file's path, size and modification time, so a stale cache is never picked up.
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from caption.data.images import ImageTransform
+from caption.data.video import VideoTransform
 from caption.features.batching import iter_image_batches
 from caption.features.encoder import ImageEncoder
 from caption.utils.io import atomic_write, atomic_write_json, read_json
@@ -55,10 +57,15 @@ def encode_images(
     device: torch.device,
     batch_size: int = 64,
     num_workers: int | None = None,
+    frames: int = 0,
     desc: str = "encoding images",
 ) -> dict[int, str]:
-    """Write the features of ``paths`` into ``out[i]``; returns {index: error} for files that could not be read."""
+    """Write the features of ``paths`` into ``out[i]`` (videos, when ``frames``: their F frames' features one
+    after another); returns {index: error} for files that could not be read."""
     transform = ImageTransform(encoder.cfg.image_size, encoder.cfg.mean, encoder.cfg.std)
+    if frames:
+        transform = VideoTransform(transform, frames)
+        batch_size = max(1, batch_size // frames)  # the encoder sees batch_size frames at a time
     encoder.eval()
     errors: dict[int, str] = {}
     autocast = cuda_autocast(device)
@@ -67,20 +74,23 @@ def encode_images(
         for indices, images, batch_errors in batches:
             errors.update({i: str(err) for i, err in batch_errors.items()})
             if images is not None:
+                images = images.to(device, non_blocking=True)  # (B, 3, S, S), or (B, F, 3, S, S) for videos
                 with autocast:
-                    features = encoder(images.to(device, non_blocking=True))  # (B, N, C)
+                    features = encoder(images.flatten(0, 1) if frames else images)  # (B or B*F, N, C)
+                features = features.reshape(len(indices), -1, features.shape[-1])  # (B, N or F*N, C)
                 out[indices] = features.float().cpu().numpy().astype(np.float16)
             bar.update(len(indices) + len(batch_errors))
     return errors
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path, encoder: ImageEncoder):
+    def __init__(self, root: str | Path, encoder: ImageEncoder, frames: int = 0):
         self.encoder = encoder
+        self.frames = frames  # videos sampled at this many frames; 0 for images
         self.dir = Path(root) / encoder.cache_key()
 
     def _files(self, paths: list[str]) -> tuple[Path, Path]:
-        stem = image_set_hash(paths)
+        stem = image_set_hash(paths) + (f"-f{self.frames}" if self.frames else "")
         return self.dir / f"{stem}.npy", self.dir / f"{stem}.json"
 
     def load(self, paths: list[str]) -> CachedFeatures | None:
@@ -103,7 +113,7 @@ class FeatureCache:
             logger.info("feature cache hit: %s (%d images)", self._files(paths)[0], len(paths))
             return cached
         array_file, index_file = self._files(paths)
-        shape = (len(paths), self.encoder.num_positions, self.encoder.feature_dim)
+        shape = (len(paths), max(self.frames, 1) * self.encoder.num_positions, self.encoder.feature_dim)
         logger.info("building feature cache %s: %d images -> %s fp16", array_file, len(paths), shape)
         errors: dict[int, str] = {}
 
@@ -111,6 +121,7 @@ class FeatureCache:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
             errors.update(encode_images(
                 self.encoder, paths, array, device=device, batch_size=batch_size, num_workers=num_workers,
+                frames=self.frames, desc="encoding video frames" if self.frames else "encoding images",
             ))
             array.flush()
             del array

@@ -16,7 +16,8 @@ class CaptionModel(nn.Module):
                  load_encoder_weights: bool = True):
         super().__init__()
         self.encoder = ImageEncoder(encoder_cfg, load_weights=load_encoder_weights)
-        self.decoder = AttentionLSTMDecoder(vocab_size, self.encoder.feature_dim, decoder_cfg)
+        self.decoder = AttentionLSTMDecoder(vocab_size, self.encoder.feature_dim, decoder_cfg,
+                                            cells_per_frame=self.encoder.num_positions)
         self.decoder_cfg = decoder_cfg
 
     @property
@@ -24,6 +25,11 @@ class CaptionModel(nn.Module):
         return self.encoder.cfg
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) to (B, N, C); videos (B, F, 3, S, S) to (B, F*N, C), frame after frame."""
+        if images.ndim == 5:
+            B, F = images.shape[:2]
+            features = self.encoder(images.flatten(0, 1))  # (B*F, N, C)
+            return features.reshape(B, F * features.shape[1], features.shape[2])  # (B, F*N, C)
         return self.encoder(images)  # (B, N, C)
 
     def forward(self, memory: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None):

@@ -72,10 +72,17 @@ class AdditiveAttention(nn.Module):
 
 
 class AttentionLSTMDecoder(nn.Module):
-    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig):
+    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig, cells_per_frame: int = 1):
         super().__init__()
         self.vocab_size = vocab_size
         self.feature_dim = feature_dim
+        self.cells_per_frame = cells_per_frame
+        # Video models learn one vector per frame position, added to every cell of that frame.
+        self.temporal = nn.Embedding(cfg.temporal_positions, feature_dim) if cfg.temporal_positions else None
+        self.cells = nn.Embedding(cells_per_frame, feature_dim) if cfg.cell_positions else None
+        for table in (self.temporal, self.cells):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
         self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
         self.attention = AdditiveAttention(feature_dim, cfg.hidden_dim, cfg.attention_dim)
         self.init_h = nn.Linear(feature_dim, cfg.hidden_dim)
@@ -88,6 +95,23 @@ class AttentionLSTMDecoder(nn.Module):
         nn.init.uniform_(self.output.weight, -0.1, 0.1)
         nn.init.zeros_(self.output.bias)
         self._inference: tuple[tuple, InferenceWeights] | None = None  # see inference_weights()
+
+    def add_time(self, memory: torch.Tensor) -> torch.Tensor:
+        """Add the learned position embeddings (each frame's, each cell's) to ``memory`` (B, F*N, C)."""
+        if self.temporal is None and self.cells is None:
+            return memory
+        B, L, C = memory.shape
+        frames = L // self.cells_per_frame
+        limit = self.temporal.num_embeddings if self.temporal is not None else frames
+        if frames * self.cells_per_frame != L or frames > limit:
+            raise ValueError(f"memory of {L} positions is not up to {limit} frames of {self.cells_per_frame} "
+                             "cells: sample as many frames as the model was trained on")
+        positions = memory.new_zeros(frames, self.cells_per_frame, C)  # (F, N, C)
+        if self.temporal is not None:
+            positions = positions + self.temporal.weight[:frames, None].to(memory.dtype)  # (F, N, C)
+        if self.cells is not None:
+            positions = positions + self.cells.weight[None].to(memory.dtype)  # (F, N, C)
+        return memory + positions.view(1, L, C)  # (B, F*N, C)
 
     def start(self, memory: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Project the memory once for attention and initialise (h, c) from its (masked) mean."""
@@ -202,6 +226,7 @@ class AttentionLSTMDecoder(nn.Module):
         nothing (sgrvinod's trick). Outputs at padded steps are zero.
         """
         M, L = captions.shape
+        memory = self.add_time(memory)  # (B, N, C)
         projected, (h, c) = self.start(memory, mask)  # (B, N, A), (B, H) x2
         steps = (captions[:, 1:] != pad_id).sum(dim=1)  # (M,) words + <eos> to predict
         steps, order = steps.sort(descending=True)  # (M,), (M,)

@@ -33,6 +33,7 @@ from caption.data.datasets import (
     image_captions,
 )
 from caption.data.images import ImageTransform
+from caption.data.video import VideoTransform
 from caption.data.vocab import Vocabulary
 from caption.evaluation.evaluate import predict_split, results_list
 from caption.evaluation.metrics import check_java, compute_metrics, spice_unavailable_reason
@@ -189,7 +190,7 @@ class Trainer:
         self.use_cache = cfg.train.cache_features and self.model.encoder.frozen
         self.val_features: CachedFeatures | None = None
         if self.use_cache:
-            cache = FeatureCache(cfg.train.cache_dir, self.model.encoder)
+            cache = FeatureCache(cfg.train.cache_dir, self.model.encoder, frames=cfg.data.num_frames)
             splits = {"train": self.train_set, "val": self.val_set}
             paths = {name: [str(p) for p in split.paths()] for name, split in splits.items() if split is not None}
             built: dict[str, CachedFeatures | None] = {}
@@ -212,6 +213,8 @@ class Trainer:
             workers = 0  # rows come straight from the page cache; worker start-up costs more than it saves
         else:
             transform = ImageTransform(cfg.encoder.image_size, self.model.encoder_cfg.mean, self.model.encoder_cfg.std)
+            if cfg.data.num_frames:
+                transform = VideoTransform(transform, cfg.data.num_frames)
             self.train_data = ImageCaptionDataset(self.train_set, image_captions(self.train_set, self.vocab), transform)
             workers = default_num_workers(self.device) if cfg.train.num_workers is None else cfg.train.num_workers
         if len(self.train_data) == 0:

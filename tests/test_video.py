@@ -17,7 +17,7 @@ from caption.data import video
 from caption.data.synthetic import write_moving_shape_video
 from caption.data.video import VideoLoadError, detect_scenes, read_frames
 from caption.serving.subtitles import to_srt, to_webvtt
-from tests.conftest import DATA, require
+from tests.conftest import DATA, require, require_java
 
 MSVD = DATA / "msvd" / "videos"
 
@@ -164,3 +164,25 @@ def test_the_demo_service_captions_a_video_and_shows_its_frames(clips, captioner
     assert status == "" and caption == results[0]["caption"] and preview is not None
     assert len(by_word) == len(results[0]["words"]) and len(by_frame) == 8
     assert all(" · frame " in label for _, label in by_word)
+
+
+def test_evaluate_scores_videos_against_their_references(clips, tmp_path):
+    require_java()
+    from caption.data.convert import convert_msvd
+
+    annotations = DATA / "msvd" / "annotations"
+    splits = convert_msvd(tmp_path / "msvd", mapping_file=annotations / "youtube_video_to_id_mapping.txt",
+                          sentence_files=[annotations / "sents_train_lc_nopunc.txt"], video_dir=MSVD)
+    data = json.loads(splits["train"].read_text())
+    present = {clip.name for clip in clips}
+    images = [image for image in data["images"] if image["file_name"] in present]  # the 3 clips that are here
+    ids = {image["id"] for image in images}
+    subset = tmp_path / "three_clips.json"
+    subset.write_text(json.dumps({"images": images,
+                                  "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}))
+    assert main(["evaluate", "--annotations", str(subset), "--images", str(MSVD), "--out", str(tmp_path / "eval"),
+                 "--metrics", "BLEU", "CIDEr"]) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(report["scores"]) >= {"Bleu_4", "CIDEr"} and report["scores"]["Bleu_1"] > 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(r["image_id"] for r in results) == sorted(ids)  # vid184, vid950, vid1025

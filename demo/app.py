@@ -25,9 +25,11 @@ DATA = Path(os.environ.get("CAPTION_DATA", HERE.parent.parent / "shared" / "data
 
 
 def example_photos(limit: int = 8) -> list[str]:
-    """The full-size Flickr8k sample photos when the shared data is there, else the small ones in the repo."""
+    """The full-size Flickr8k sample photos and the MSVD clips when the shared data is there, else the small
+    photos in the repo."""
     full_size = sorted((DATA / "flickr8k" / "photos_fullres").glob("*.jpg"))[:limit]
-    return [str(p) for p in full_size or sorted((HERE / "examples").glob("*.jpg"))]
+    clips = sorted((DATA / "msvd" / "videos").glob("*.avi"))
+    return [str(p) for p in [*full_size, *clips] or sorted((HERE / "examples").glob("*.jpg"))]
 
 
 def main() -> int:

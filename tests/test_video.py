@@ -63,6 +63,17 @@ def test_frames_are_sampled_uniformly_or_by_time_and_seeking_reads_the_same_fram
     assert np.diff(every.times).min() == pytest.approx(2.0, abs=0.05)
 
 
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "mp4v"), (".avi", "MJPG"), (".webm", "VP80"), (".mov", "mp4v"),
+                                           (".mkv", "mp4v")])
+def test_every_accepted_format_is_read(tmp_path, suffix, codec):
+    path = write_moving_shape_video(tmp_path / f"move{suffix}", codec=codec)  # 2 s at 10 fps
+    frames = read_frames(path, 4)
+    assert frames.info.frame_count == 20 and frames.indices == [2, 7, 12, 17]
+    sequential = read_frames(path, 4, seek=False)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(frames.images, sequential.images))
+    assert video.is_video(path)
+
+
 def test_when_the_container_cannot_seek_the_frames_come_from_one_sequential_pass(tmp_path, monkeypatch):
     path = write_moving_shape_video(tmp_path / "move.mp4", seconds=3.0)
     expected = read_frames(path, 5)

@@ -183,6 +183,15 @@ def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_f
             assert "Traceback" not in page.content()
             expect(caption).to_have_value("")
             page.screenshot(path=str(ARTIFACTS / "demo-error.png"), full_page=True)
+
+            clip = sorted((DATA / "msvd" / "videos").glob("*.avi"))
+            if clip:  # a video: its caption, its 8 sampled frames, and a frame per word
+                page.locator("#upload button[aria-label=Clear]").click()
+                page.locator("#upload input[type=file]").set_input_files(str(clip[-1]))
+                expect(caption).not_to_have_value("", timeout=120_000)
+                expect(page.locator("#frames img")).to_have_count(8, timeout=30_000)
+                expect(page.locator("#attention")).to_contain_text("frame")
+                page.screenshot(path=str(ARTIFACTS / "demo-video.png"), full_page=True)
         finally:
             browser.close()
     assert (ARTIFACTS / "demo-caption.png").stat().st_size > 10_000

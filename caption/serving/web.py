@@ -175,7 +175,7 @@ def build_app(service: CaptionService, examples: list[str] | None = None, title:
                 status = gr.Markdown(elem_id="status")
                 caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
                 with gr.Row():
-                    preview = gr.Image(label="Your photo, upright", interactive=False, height=320, elem_id="preview")
+                    preview = gr.Image(label="Your photo, upright (a video: its most attended frame)", interactive=False, height=320, elem_id="preview")
                     beams = gr.Dataframe(headers=["beam", "score"], label="Top beams", interactive=False, wrap=True,
                                          column_widths=["80%", "20%"], elem_id="beams")
                 heatmaps = gr.Gallery(label="Where the model looked, word by word", columns=6, height="auto",

@@ -125,10 +125,11 @@ def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, 
     assert "/caption" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     requests = [photos[i % len(photos)] for i in range(16)]
     expected = {p: captioner.caption(p, beam_size=3, max_length=20).text for p in set(requests)}
+    clients = [Client(url, verbose=False) for _ in requests]  # 16 users, connected before any of them asks
     with ThreadPoolExecutor(16) as pool:
-        jobs = [pool.submit(lambda p=p: Client(url, verbose=False).submit(handle_file(p), 3, 20, api_name="/caption"))
-                for p in requests]
-        answers = [job.result().result(timeout=300) for job in jobs]
+        jobs = [pool.submit(lambda c=c, p=p: c.predict(handle_file(p), 3, 20, api_name="/caption"))
+                for c, p in zip(clients, requests)]
+        answers = [job.result(timeout=300) for job in jobs]
     for photo, answer in zip(requests, answers):
         assert answer["caption"] == expected[photo], photo
         assert answer["beams"][0] == {"text": answer["caption"], "score": answer["score"]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from PIL import Image
 from caption.api import Captioner
 from caption.data.images import ImageLoadError, load_image
 from caption.decoding.beam import beam_search
-from tests.conftest import REPO, require, require_java, write_subset
+from tests.conftest import REPO, jpeg_bytes, require, require_java, write_subset
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +87,13 @@ def test_predict_command_prints_captions_and_names_bad_files(photos, tmp_path):
     assert np.asarray(item["attention"]).shape == (len(item["caption"].split()), 49)
 
 
-def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", **kwargs)
-    return buffer.getvalue()
-
-
 def test_awkward_but_valid_images_are_read_upright_in_rgb(photos, tmp_path):
     photo = Image.open(photos[0]).convert("RGB")  # landscape
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     stored = photo.transpose(Image.Transpose.ROTATE_90)  # what a phone held upright stores
     rotated = tmp_path / "rotated.jpg"
-    rotated.write_bytes(_jpeg_bytes(stored, exif=exif))
+    rotated.write_bytes(jpeg_bytes(stored, exif=exif))
     assert load_image(rotated).size == photo.size
 
     grey = tmp_path / "grey.png"

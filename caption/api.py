@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,14 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from caption.data.images import ImageInput, ImageLoadError, ImageTransform, describe
+from caption.data.images import ImageInput, ImageTransform, describe
 from caption.data.video import MAX_VIDEO_SECONDS, Frames, detect_scenes, is_video, read_frames
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import Hypothesis
+from caption.errors import ErrorKind, ImageLoadError, VideoLoadError
 from caption.features.batching import iter_image_batches
 from caption.models.captioner import CaptionModel
 from caption.models.io import is_model_dir, load_model
+from caption.settings import DecodingLimits, decoding_settings, video_sampling
 from caption.utils.runtime import cuda_autocast
+
+logger = logging.getLogger("caption.api")
 
 DEFAULT_MODEL = "flickr8k-lite0"
 MODELS_ENV = "CAPTION_MODELS_DIR"
@@ -36,6 +41,7 @@ class CaptionResult:
     grid: tuple[int, int] = (0, 0)  # the N positions as (rows, cols) of the image
     beams: list[dict[str, Any]] = field(default_factory=list)  # every beam: {"text", "score"}, best first
     error: str | None = None
+    error_kind: str | None = None  # why, as a ``caption.errors.ErrorKind`` value
     times: list[float] = field(default_factory=list)  # videos: the sampled frames' times (s); N = frames x cells
     segment: tuple[float, float] | None = None  # a video scene's (start, end) in seconds
 
@@ -43,10 +49,18 @@ class CaptionResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def failed(cls, err: ImageLoadError) -> CaptionResult:
+        return cls(source=err.source, error=err.reason, error_kind=err.kind.value)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise ImageLoadError(self.source, self.error, self.error_kind or ErrorKind.CORRUPT)
+
     def to_dict(self, attention: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {"source": self.source}
         if self.error is not None:
-            data["error"] = self.error
+            data.update(error=self.error, error_kind=self.error_kind)
             return data
         data.update(caption=self.text, score=self.score, beams=self.beams)
         if self.segment is not None:
@@ -102,14 +116,11 @@ class Captioner:
         # Frames per video: one per temporal position of a video model; 8 for an image model used zero-shot.
         self.num_frames = model.decoder_cfg.temporal_positions or 8
 
-    def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None) -> dict[str, Any]:
-        """The decoding settings to use: the arguments given, the model's defaults for the rest."""
-        given = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
-        settings = {k: self.decoding[k] if v is None else v for k, v in given.items()}
-        if settings["beam_size"] < 1 or settings["max_length"] < 1 or settings["length_penalty"] < 0:
-            raise ValueError(f"bad decoding settings {settings}: beam_size and max_length must be at least 1, "
-                             "length_penalty 0 or more")
-        return settings
+    def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None,
+                         limits: DecodingLimits | None = None) -> dict[str, Any]:
+        """The decoding settings to use: the arguments given, the model's defaults for the rest. A value out of
+        range (or beyond ``limits``) raises ``ParameterError`` naming it."""
+        return decoding_settings(self.decoding, beam_size, max_length, length_penalty, limits)
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> Captioner:
@@ -182,13 +193,14 @@ class Captioner:
         with ``scenes``, one caption per scene (see ``detect_scenes``), else one for the whole video.
         An image model attends over the union of the frames' grid cells (zero-shot); a video model also
         knows each cell's frame. Raises ``VideoLoadError`` naming the file."""
+        sampling = video_sampling(num_frames, every_seconds)
+        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
         spans = detect_scenes(path, max_seconds=max_seconds) if scenes else [(0.0, None)]
         results = []
         for start, end in spans:
-            frames = read_frames(path, num_frames or self.num_frames, every_seconds, start=start, end=end,
-                                 max_seconds=max_seconds)
-            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], beam_size=beam_size,
-                                           max_length=max_length, length_penalty=length_penalty)
+            frames = read_frames(path, sampling["num_frames"] or self.num_frames, sampling["every_seconds"],
+                                 start=start, end=end, max_seconds=max_seconds)
+            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], **settings)
             result.times = frames.times
             if scenes:
                 result.segment = (start, end)
@@ -204,11 +216,16 @@ class Captioner:
         length_penalty: float | None = None,
         batch_size: int = 16,
         num_workers: int | None = None,
+        num_frames: int | None = None,
+        every_seconds: float | None = None,
+        max_video_seconds: float = MAX_VIDEO_SECONDS,
     ) -> Iterator[CaptionResult]:
         """Caption ``inputs`` (images, and video files by extension) in order, one result each; images go
-        in batches, a video is one batch of its frames. Unreadable inputs yield a result with ``error`` set
-        instead of stopping the others."""
-        settings = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
+        in batches, a video is one batch of its frames (``num_frames`` or one every ``every_seconds``).
+        Unreadable inputs yield a result with ``error`` set instead of stopping the others. Settings are
+        checked before anything is read: a bad one raises ``ParameterError``."""
+        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
+        video = {**video_sampling(num_frames, every_seconds), "max_seconds": max_video_seconds}
         image_positions = [i for i, item in enumerate(inputs) if not is_video(item)]
         image_results = self._iter_image_captions([inputs[i] for i in image_positions], settings, batch_size,
                                                   num_workers)
@@ -216,15 +233,22 @@ class Captioner:
         next_image = iter(image_positions)
         for position, item in enumerate(inputs):
             if is_video(item):
-                try:
-                    yield self.caption_video(item, **settings)[0]
-                except ImageLoadError as err:
-                    yield CaptionResult(source=err.source, error=err.reason)
+                yield self._caption_one_video(item, video, settings)
                 continue
             while position not in ready:  # pull the image batch that holds this input
                 for result in next(image_results):
                     ready[next(next_image)] = result
             yield ready.pop(position)
+
+    def _caption_one_video(self, item: str | Path, video: dict, settings: dict) -> CaptionResult:
+        try:
+            return self.caption_video(item, **video, **settings)[0]
+        except ImageLoadError as err:
+            return CaptionResult.failed(err)
+        except Exception as err:  # noqa: BLE001 - a decoder failure on one file must not stop the others
+            logger.exception("captioning the video %s failed", item)
+            return CaptionResult.failed(VideoLoadError(str(item), f"the video could not be decoded ({err})",
+                                                       ErrorKind.CORRUPT))
 
     def _iter_image_captions(self, images: Sequence[ImageInput], settings: dict, batch_size: int,
                              num_workers: int | None) -> Iterator[list[CaptionResult]]:
@@ -233,7 +257,7 @@ class Captioner:
             images, self.transform, device=self.device, batch_size=batch_size, num_workers=num_workers,
         )
         for indices, tensors, errors in batches:
-            results: dict[int, CaptionResult] = {i: CaptionResult(source=err.source, error=err.reason) for i, err in errors.items()}
+            results: dict[int, CaptionResult] = {i: CaptionResult.failed(err) for i, err in errors.items()}
             if tensors is not None:
                 memory = self.encode(tensors)  # (B, N, C)
                 sources = [describe(images[i]) for i in indices]
@@ -249,6 +273,8 @@ class Captioner:
         length_penalty: float | None = None,
         batch_size: int = 16,
         num_workers: int | None = None,
+        num_frames: int | None = None,
+        every_seconds: float | None = None,
         skip_errors: bool = False,
     ) -> CaptionResult | list[CaptionResult]:
         """Caption one input or a list of them (file paths, PIL images or numpy arrays; video files are
@@ -256,16 +282,15 @@ class Captioner:
 
         One input gives one ``CaptionResult``; a list gives a list in the same order. An unreadable
         input raises ``ImageLoadError`` naming it, unless ``skip_errors`` is set: then its result has
-        ``error`` set and every other input is still captioned.
+        ``error`` set and every other input is still captioned. Bad settings raise ``ParameterError``.
         """
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         results = list(self.iter_captions(
             items, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
-            batch_size=batch_size, num_workers=num_workers,
+            batch_size=batch_size, num_workers=num_workers, num_frames=num_frames, every_seconds=every_seconds,
         ))
         if not skip_errors:
             for result in results:
-                if result.error is not None:
-                    raise ImageLoadError(result.source, result.error)
+                result.raise_error()
         return results[0] if single else results

@@ -11,6 +11,12 @@ from caption.evaluation.metrics import METRIC_NAMES
 from caption.utils.logging import logger, setup_logging
 from caption.utils.runtime import reexec_with_malloc_tuning
 
+# Exit statuses of predict, batch and evaluate (README, "Exit statuses"):
+EXIT_OK = 0  # every input captioned
+EXIT_SOME_FAILED = 1  # some inputs could not be captioned; each is reported, every other one is captioned
+EXIT_USAGE = 2  # nothing was captioned: bad arguments or settings, no model, an input that matches nothing
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from caption.data.convert import convert_flickr8k, convert_karpathy, convert_msrvtt, convert_msvd
@@ -62,19 +68,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from caption.api import Captioner
-    from caption.data.video import is_video
 
     captioner = Captioner.load(args.model, device=args.device)
     decoding = {"beam_size": args.beam_size, "max_length": args.max_length, "length_penalty": args.length_penalty}
     if args.format in ("vtt", "srt") or args.scenes:
         return _predict_scenes(captioner, args, decoding)
-    if args.frames or args.every:
-        results = [captioner.caption_video(item, num_frames=args.frames, every_seconds=args.every, **decoding)[0]
-                   if is_video(item) else captioner.caption(item, skip_errors=True, **decoding)
-                   for item in args.images]
-    else:
-        results = captioner.caption(list(args.images), batch_size=args.batch_size, num_workers=args.workers,
-                                    skip_errors=True, **decoding)
+    results = captioner.caption(list(args.images), batch_size=args.batch_size, num_workers=args.workers,
+                                num_frames=args.frames, every_seconds=args.every, skip_errors=True, **decoding)
     failed = [r for r in results if not r.ok]
     if args.format == "json":
         print(json.dumps([r.to_dict(attention=args.attention) for r in results], indent=2))
@@ -86,17 +86,22 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: {result.source}: {result.error}", file=sys.stderr)
     if failed:
         print(f"{len(results) - len(failed)} captioned, {len(failed)} could not be read", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _predict_scenes(captioner, args: argparse.Namespace, decoding: dict) -> int:
     """One caption per scene of one video: as subtitles (vtt, srt), JSON, or text lines."""
+    from caption.errors import ImageLoadError
     from caption.serving.subtitles import to_srt, to_webvtt
 
     if len(args.images) != 1:
         raise ValueError("scene captions and subtitles take one video at a time")
-    scenes = captioner.caption_video(args.images[0], num_frames=args.frames, every_seconds=args.every,
-                                     scenes=True, **decoding)
+    try:
+        scenes = captioner.caption_video(args.images[0], num_frames=args.frames, every_seconds=args.every,
+                                         scenes=True, **decoding)
+    except ImageLoadError as err:  # the one input could not be captioned: as for any other input, exit 1
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     if args.format == "vtt":
         print(to_webvtt(scenes), end="")
     elif args.format == "srt":
@@ -106,7 +111,7 @@ def _predict_scenes(captioner, args: argparse.Namespace, decoding: dict) -> int:
     else:
         for result in scenes:
             print(f"{result.segment[0]:.1f}-{result.segment[1]:.1f}s\t{result.text}")
-    return 0
+    return EXIT_OK
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -123,9 +128,9 @@ def _batch(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_workers=args.workers, beam_size=args.beam_size, max_length=args.max_length,
         length_penalty=args.length_penalty, progress=not args.no_progress,
     )
-    print(summary.report(ignored=found.ignored), end="", file=sys.stderr)
+    print(summary.report(found), end="", file=sys.stderr)
     print(f"wrote {summary.output}", file=sys.stderr)
-    return 0
+    return EXIT_SOME_FAILED if summary.failed or summary.failed_before else EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -258,16 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         reexec_with_malloc_tuning()
     setup_logging()
     from caption.config import ConfigError
-    from caption.data.images import ImageLoadError
+    from caption.errors import ImageLoadError
     from caption.evaluation.metrics import MetricError
 
     try:
         return args.run(args)
     except (ConfigError, MetricError, ImageLoadError, ImportError, OSError, ValueError) as err:
         logger.error("%s", err)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

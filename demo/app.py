@@ -1,6 +1,6 @@
 """The captioning web demo (``make demo``): upload a photo or a video, get its caption and where it looked.
 
-    python demo/app.py [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860] [--share]
+    python demo/app.py [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860] [--share] [--keep-uploads 120]
 
 It listens on 127.0.0.1 only, unless --host says otherwise; --share asks Gradio for a public link.
 From Python: ``gradio_client.Client(url).predict(handle_file("photo.jpg"), 3, 20, api_name="/caption")``
@@ -44,8 +44,12 @@ def main() -> int:
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
     parser.add_argument("--max-batch-size", type=int, default=16, help="most concurrent requests per forward pass")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this are turned away")
+    parser.add_argument("--keep-uploads", type=float, default=120.0, metavar="SECONDS",
+                        help="delete an upload no request has used for this long")
+    parser.add_argument("--uploads-budget-mb", type=float, default=1024.0,
+                        help="beyond this, delete the least recently used uploads first")
     args = parser.parse_args()
-    reexec_with_malloc_tuning()
+    reexec_with_malloc_tuning(arenas=2)
     setup_logging()
 
     from caption.api import Captioner
@@ -53,7 +57,8 @@ def main() -> int:
 
     captioner = Captioner.load(args.model, device=args.device)
     limits = Limits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_video_seconds=args.max_video_seconds,
-                    max_batch_size=args.max_batch_size)
+                    max_batch_size=args.max_batch_size, keep_uploads_seconds=args.keep_uploads,
+                    uploads_budget_mb=args.uploads_budget_mb)
     examples = example_photos()
     app = build_app(CaptionService(captioner, limits), examples, title=f"Image captioning: {captioner.path.name}")
     app.queue(max_size=args.queue_size)
@@ -61,6 +66,8 @@ def main() -> int:
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=int(args.max_file_mb * 2**20),
         allowed_paths=sorted({str(Path(p).parent) for p in examples}), ssr_mode=False, quiet=True,
         prevent_thread_lock=True,
+        # Requests wait in threads for their batch (2 x the batch size), beside the page's own work.
+        max_threads=max(40, 4 * args.max_batch_size),
     )
     print(f"Captioning demo ({captioner.path.name} on {captioner.device}) at {url}", flush=True)
     if share_url:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -116,3 +122,36 @@ def problem_files(folder: Path, photo: str | Path) -> tuple[dict[str, Path], dic
     bad["truncated.jpg"].write_bytes(data[: len(data) // 2])  # a real JPEG cut off half-way
     bad["empty.jpg"].write_bytes(b"")
     return good, bad
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_demo(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``demo/app.py`` on the shipped model with ``args``, as ``make demo`` starts it; yields (url, process)."""
+    env = {**os.environ, "CAPTION_DATA": str(DATA), "PYTHONPATH": str(REPO), **(env or {})}
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(free_port()), *args],
+                                   stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while "Captioning demo" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        url = log.read_text().split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")  # local only by default
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def batch_sizes(log: Path) -> list[int]:
+    """How many requests the demo captioned together, batch by batch, from its log."""
+    return [int(line.split("captioned ")[1].split()[0]) for line in log.read_text().splitlines()
+            if "request(s) in" in line]

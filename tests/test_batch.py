@@ -40,7 +40,7 @@ def test_a_mixed_folder_gives_a_caption_for_every_good_file_and_a_reason_for_eve
     (folder / "readme.txt").write_text("not an image by its extension: left out")
 
     out = tmp_path / "captions.jsonl"
-    assert main(["batch", str(folder), "--out", str(out), "--batch-size", "4", "--no-progress"]) == 0
+    assert main(["batch", str(folder), "--out", str(out), "--batch-size", "4", "--no-progress"]) == 1  # bad files
     records = {Path(r["source"]).name: r for r in read_jsonl(out)}
     expected_good = {p.name for p in dev_photos[:3]} | set(good)
     assert set(records) == expected_good | set(bad)  # every image-named file, recursively; readme.txt left out
@@ -62,7 +62,7 @@ def test_a_mixed_folder_gives_a_caption_for_every_good_file_and_a_reason_for_eve
     file_list.write_text(f"# photos\n{dev_photos[4]}\n\n{folder / 'notes.jpg'}\n")
     table = tmp_path / "captions.csv"
     assert main(["batch", str(folder / "nested" / "*.jpg"), "--file-list", str(file_list), "--out", str(table),
-                 "--no-progress"]) == 0
+                 "--no-progress"]) == 1
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == 5 and sum(bool(r["caption"]) for r in rows) == 4 and rows[-1]["error"]
     coco = tmp_path / "results.json"
@@ -83,6 +83,44 @@ def test_inputs_and_image_ids(tmp_path):
     assert coco_image_id("000000000139.jpg") == 139
     assert coco_image_id("a/1000268201_693b08cb0e.jpg") == "1000268201_693b08cb0e"
     assert coco_image_id("x/b.jpg", {"b.jpg": 7}) == 7
+    assert coco_image_id("cat_1.jpg") == "cat_1"  # only COCO-style names give numbers
+
+
+def test_coco_results_refuse_files_that_would_share_an_image_id(dev_photos, tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("cat_1.jpg", "dog_1.jpg", "000001.png", "1.jpg"):
+        shutil.copy(dev_photos[0], folder / name)
+    out = tmp_path / "results.json"
+    assert main(["batch", str(folder), "--out", str(out), "--no-progress"]) == 2  # refused before captioning
+    assert not out.exists() and not out.with_name("results.json.progress.jsonl").exists()
+    assert "share an id" in caplog.text and f"{folder / '000001.png'} and {folder / '1.jpg'} are both image 1" in caplog.text
+    (folder / "1.jpg").unlink()
+    assert main(["batch", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(map(str, (r["image_id"] for r in json.loads(out.read_text())))) == ["1", "cat_1", "dog_1"]
+
+
+def test_folder_search_follows_linked_folders_once_and_keeps_bad_links(tmp_path, dev_photos):
+    root = tmp_path / "photos"
+    (root / "real").mkdir(parents=True)
+    shutil.copy(dev_photos[0], root / "real" / "a.jpg")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(dev_photos[1], elsewhere / "b.jpg")
+    (root / "linked").symlink_to(elsewhere)  # a linked folder: searched
+    (root / "real" / "up").symlink_to(root)  # a link back to a parent: not searched again
+    (root / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")  # kept, to be reported as a bad file
+    (root / "loop.jpg").symlink_to(root / "loop2.jpg")
+    (root / "loop2.jpg").symlink_to(root / "loop.jpg")
+    (root / "notes").symlink_to(tmp_path / "nowhere")  # not an image's name: left out, and counted
+    found = discover([str(root)])
+    names = [Path(p).relative_to(root).as_posix() for p in found.files]
+    assert names == ["broken.jpg", "linked/b.jpg", "loop.jpg", "loop2.jpg", "real/a.jpg"]
+    assert found.ignored == 1
+    assert [Path(folder).name for folder, _ in found.skipped_folders] == ["up"]
+    assert "searched already" in found.skipped_folders[0][1]
+    direct = discover([str(root / "loop.jpg")])  # a looping link named on the command line is a bad file,
+    assert direct.files == [str(root / "loop.jpg")]  # not a typo that stops the run
 
 
 def test_a_killed_run_resumes_without_losing_or_repeating_a_file(dev_photos, tmp_path):
@@ -104,7 +142,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_file(dev_photos, tmp
         handle.write('{"source": "half a rec')
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
+    assert second.returncode == 0, second.stderr  # every file captioned
     assert f"{captioned_before} already in" in second.stderr
     records = read_jsonl(out)  # the half record is gone, every line parses
     assert [r["source"] for r in records] == [str(p) for p in dev_photos]  # each file once, in order

@@ -95,7 +95,7 @@ def test_bad_videos_get_an_error_naming_the_file_and_the_others_keep_going(clips
     truncated.write_bytes(data[: len(data) // 2])
     long_clip = write_moving_shape_video(tmp_path / "long.mp4", seconds=4.0)
 
-    for path, reason in [(not_video, "cannot be opened as a video"), (empty, r"empty \(0 bytes\)"),
+    for path, reason in [(not_video, "not a video file: it is a text file"), (empty, r"empty \(0 bytes\)"),
                          (no_frames, "no frames|cannot be opened"), (truncated, "truncated")]:
         with pytest.raises(VideoLoadError, match=reason) as raised:
             read_frames(path, 8)
@@ -152,11 +152,11 @@ def test_batch_folders_mix_images_and_videos(clips, tmp_path, flickr_dir):
     photo = sorted(require(flickr_dir / "photos_fullres").glob("*.jpg"))[0]
     (folder / "photo.jpg").write_bytes(photo.read_bytes())
     out = tmp_path / "captions.jsonl"
-    assert main(["batch", str(folder), str(clips[2]), "--out", str(out), "--no-progress"]) == 0
+    assert main(["batch", str(folder), str(clips[2]), "--out", str(out), "--no-progress"]) == 1  # bad.webm
     records = {Path(r["source"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(records) == {"move.mp4", "bad.webm", "photo.jpg", clips[2].name}
     assert records["move.mp4"]["caption"] and len(records["move.mp4"]["frame_times"]) == 8
-    assert "cannot be opened as a video" in records["bad.webm"]["error"]
+    assert "not a video file: it is a text file" in records["bad.webm"]["error"]
     assert records["photo.jpg"]["caption"] and "frame_times" not in records["photo.jpg"]
 
 
@@ -167,10 +167,10 @@ def test_the_demo_service_captions_a_video_and_shows_its_frames(clips, captioner
     service = CaptionService(captioner, Limits(max_video_seconds=10.0))
     bad = tmp_path / "clip.mp4"
     bad.write_text("nope")
-    [results] = service.caption_batch([str(clips[2]), str(clips[0]), str(bad)], [3, 3, 3], [20, 20, 20])
+    results = [service.caption(path, 3, 20) for path in (str(clips[2]), str(clips[0]), str(bad))]
     assert results[0]["caption"] and len(results[0]["frame_times"]) == 8
     assert "over the limit of 10 s" in results[1]["error"] and results[1]["error"].startswith(clips[0].name)
-    assert results[2]["error"].startswith("clip.mp4: cannot be opened as a video")
+    assert results[2]["error"] == "clip.mp4: not a video file: it is a text file"
     status, caption, preview, beams, by_word, by_frame = service.render(str(clips[2]), results[0])
     assert status == "" and caption == results[0]["caption"] and preview is not None
     assert len(by_word) == len(results[0]["words"]) and len(by_frame) == 8

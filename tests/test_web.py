@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, REPO, problem_files, require
+from tests.conftest import DATA, REPO, batch_sizes, problem_files, require, running_demo
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
 
@@ -39,6 +37,12 @@ def captioner() -> Captioner:
     return Captioner.load()
 
 
+def caption_at_once(service: CaptionService, requests: list[tuple]) -> list[dict]:
+    """Every request in its own thread at the same moment, as concurrent users of the demo."""
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda request: service.caption(*request), requests))
+
+
 def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captioner, photos, tmp_path):
     service = CaptionService(captioner, Limits(max_file_mb=1.0, max_pixels=20_000_000))
     good, bad = problem_files(tmp_path, photos[0])
@@ -47,7 +51,7 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     big = tmp_path / "big.bmp"
     Image.new("RGB", (800, 600)).save(big)  # 1.4 MB: over the upload limit
     paths = [photos[0], *map(str, good.values()), *map(str, bad.values()), str(huge), str(big), None]
-    [results] = service.caption_batch(paths, [3] * len(paths), [20] * len(paths))
+    results = caption_at_once(service, [(path, 3, 20) for path in paths])
 
     reference = captioner.caption(photos[0], beam_size=3, max_length=20)
     assert results[0]["caption"] == reference.text and results[0]["score"] == pytest.approx(reference.score, abs=1e-3)
@@ -75,10 +79,39 @@ def test_a_failing_forward_pass_fails_its_requests_with_a_reason_and_the_next_on
     service = CaptionService(captioner)
     with monkeypatch.context() as patch:
         patch.setattr(captioner, "caption", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
-        [failed] = service.caption_batch(photos[:2], [3, 3], [20, 20])
-    assert all("could not caption this photo now (out of memory)" in r["error"] for r in failed)
-    [answered] = service.caption_batch(photos[:1], [3], [20])
-    assert answered[0]["caption"]
+        failed = caption_at_once(service, [(photos[0], 3, 20), (photos[1], 3, 20)])
+    assert all("could not caption this file now (out of memory)" in r["error"] for r in failed), failed
+    assert {r["error_kind"] for r in failed} == {"server"}
+    assert service.caption(photos[0], 3, 20)["caption"]
+
+
+def test_a_batch_that_fails_is_served_again_request_by_request():
+    from caption.serving.batcher import MicroBatcher
+
+    release, batches = threading.Event(), []
+
+    def run(requests: list[str]) -> list[str]:
+        batches.append(list(requests))
+        if requests == ["first"]:
+            release.wait(10)  # the worker is busy: the next requests gather into one batch meanwhile
+        if "poison" in requests:
+            raise RuntimeError("this request breaks any batch it is in")
+        return [request.upper() for request in requests]
+
+    batcher = MicroBatcher(run, max_batch_size=8)
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher, "first")
+        while not batches:
+            time.sleep(0.01)
+        others = [pool.submit(batcher, name) for name in ("a", "b", "poison", "c")]
+        time.sleep(0.2)
+        release.set()
+        assert first.result(10) == "FIRST"
+        assert [job.result(10) for job in others if job is not others[2]] == ["A", "B", "C"]
+        with pytest.raises(RuntimeError, match="breaks any batch"):
+            others[2].result(10)
+    assert batches[1] == ["a", "b", "poison", "c"]  # they were batched, then served one by one
+    assert batches[2:] == [["a"], ["b"], ["poison"], ["c"]]
 
 
 def test_example_photos_fall_back_to_the_small_ones_in_the_repo(monkeypatch, tmp_path):
@@ -89,32 +122,12 @@ def test_example_photos_fall_back_to_the_small_ones_in_the_repo(monkeypatch, tmp
     assert [Path(p).name for p in app.example_photos()] == ["astronaut.jpg", "cat.jpg", "coffee.jpg"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``demo/app.py`` on the shipped model, as ``make demo`` starts it; yields (url, log file)."""
     log = tmp_path_factory.mktemp("demo") / "server.log"
-    env = dict(os.environ, CAPTION_DATA=str(DATA), PYTHONPATH=str(REPO))
-    with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(free_port())],
-                                   stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 180
-        while "Captioning demo" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the demo did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        url = log.read_text().split(" at ", 1)[1].split()[0]
-        assert url.startswith("http://127.0.0.1:")  # local only by default
+    with running_demo(log) as (url, _):
         yield url, log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, captioner, photos):
@@ -133,12 +146,11 @@ def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, 
     for photo, answer in zip(requests, answers):
         assert answer["caption"] == expected[photo], photo
         assert answer["beams"][0] == {"text": answer["caption"], "score": answer["score"]}
-    batches = [int(line.split("captioned ")[1].split()[0]) for line in log.read_text().splitlines()
-               if "request(s) in" in line]
+    batches = batch_sizes(log)
     assert max(batches) > 1, f"concurrent requests were not batched: {batches}"
 
     bad = client.predict(handle_file(str(REPO / "README.md")), 3, 20, api_name="/caption")
-    assert bad == {"error": "README.md: not an image file (unknown or unsupported format)"}
+    assert bad == {"error": "README.md: not an image file: it is a text file", "error_kind": "not-media"}
     again = client.predict(handle_file(photos[0]), 1, 20, api_name="/caption")  # still serving
     assert again["caption"] and len(again["beams"]) == 1
 

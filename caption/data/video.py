@@ -7,6 +7,7 @@ sequential pass that grabs frames without converting them and keeps only the wan
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,14 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caption.data.images import ImageLoadError, ImageTransform
+from caption.data.files import read_head, sniff, wrong_type
+from caption.data.images import ImageTransform
+from caption.errors import ErrorKind, VideoLoadError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".mov", ".mkv"})
 MAX_VIDEO_SECONDS = 20 * 60.0  # longer videos are refused: sampling stays cheap, scene detection does not
-
-
-class VideoLoadError(ImageLoadError):
-    """A video could not be read; the message names the file and the reason."""
 
 
 def is_video(item: object) -> bool:
@@ -29,6 +28,8 @@ def is_video(item: object) -> bool:
 
 
 def _cv2():
+    # FFmpeg prints a line per damaged packet ("Invalid NAL unit size"); we report the file once, in words.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         import cv2
     except ImportError as err:  # pragma: no cover - a dependency of the package
@@ -62,25 +63,28 @@ class Frames:
 
 
 def _open(path: str | Path):
+    """An opened ``cv2.VideoCapture``; a file that cannot be one is refused first for what it really is."""
     cv2 = _cv2()
     source = str(path)
-    file = Path(path)
-    if not file.is_file():
-        raise VideoLoadError(source, "file not found" if not file.exists() else "not a regular file")
-    if file.stat().st_size == 0:
-        raise VideoLoadError(source, "the file is empty (0 bytes)")
+    head = read_head(path, VideoLoadError)
+    wrong = wrong_type(source, head, "video", VideoLoadError)
+    if wrong is not None:  # OpenCV would open a JPEG as a one-frame "video" and then fail to decode it
+        raise wrong
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         capture.release()
-        raise VideoLoadError(source, "cannot be opened as a video: not a video, truncated before its index, or a "
-                                     "format OpenCV cannot read (use mp4, avi, webm, mov or mkv)")
+        if sniff(head) is not None:
+            raise VideoLoadError(source, "cannot be opened as a video: truncated before its index, or a codec "
+                                         "OpenCV cannot read", ErrorKind.CORRUPT)
+        raise VideoLoadError(source, "cannot be opened as a video: not a video, or a format OpenCV cannot read "
+                                     "(use mp4, avi, webm, mov or mkv)", ErrorKind.NOT_MEDIA)
     return capture
 
 
 def _check_length(info: VideoInfo, source: str, max_seconds: float) -> None:
     if info.duration > max_seconds:
         raise VideoLoadError(source, f"{info.duration:.0f} s is over the limit of {max_seconds:.0f} s; "
-                                     "cut it shorter or raise the limit")
+                                     "cut it shorter or raise the limit", ErrorKind.TOO_LARGE)
 
 
 def probe(path: str | Path, max_seconds: float = MAX_VIDEO_SECONDS) -> VideoInfo:
@@ -104,7 +108,7 @@ def _info(capture, path: str | Path) -> VideoInfo:
         count = _count_frames(capture)
         capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
     if count <= 0:
-        raise VideoLoadError(str(path), "the video has no frames")
+        raise VideoLoadError(str(path), "the video has no frames", ErrorKind.CORRUPT)
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     return VideoInfo(frame_count=count, fps=float(fps), width=width, height=height)
 
@@ -198,7 +202,7 @@ def read_frames(
     missing = [i for i in indices if i not in frames]
     if missing:
         raise VideoLoadError(source, f"the video is truncated or corrupt: frame {missing[0]} of the "
-                                     f"{info.frame_count} it declares cannot be decoded")
+                                     f"{info.frame_count} it declares cannot be decoded", ErrorKind.CORRUPT)
     return Frames(source=source, images=[frames[i] for i in indices], indices=indices,
                   times=[round(i / info.fps, 3) for i in indices], info=info, method=method)
 

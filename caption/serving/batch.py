@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from caption.api import Captioner, CaptionResult
+from caption.serving.inputs import Discovered
 from caption.utils.io import atomic_write_json
 
 FORMATS = ("jsonl", "csv", "coco")
@@ -99,8 +100,11 @@ class JournalWriter:
         os.fsync(self.handle.fileno())  # and on disk, once per batch
 
 
+_COCO_NAME = re.compile(r"(?:COCO_[A-Za-z]+\d*_)?(\d+)")  # COCO_val2014_000000391895, 000000391895
+
+
 def coco_image_id(source: str, ids_by_name: dict[str, int] | None = None) -> int | str:
-    """The image id of a file: from the annotations when given, else the number in a COCO-style name
+    """The image id of a file: from the annotations when given, else the number of a COCO-style name
     (``COCO_val2014_000000391895.jpg``, ``000000391895.jpg``), else the file's stem."""
     name = Path(source).name
     if ids_by_name is not None:
@@ -110,8 +114,28 @@ def coco_image_id(source: str, ids_by_name: dict[str, int] | None = None) -> int
             return ids_by_name[name]
         raise ValueError(f"{source}: not an image of the annotations file; caption only its images, "
                          "or leave out --annotations")
-    match = re.fullmatch(r"(?:.*_)?(\d+)", Path(source).stem)
+    match = _COCO_NAME.fullmatch(Path(source).stem)
     return int(match.group(1)) if match else Path(source).stem
+
+
+def coco_image_ids(files: Iterable[str], ids_by_name: dict[str, int] | None = None) -> dict[str, int | str]:
+    """Every file's image id (see ``coco_image_id``); refuses, naming them, files that would share one, since
+    a COCO results file would then give one image several captions and another none."""
+    ids: dict[str, int | str] = {}
+    owner: dict[int | str, str] = {}
+    clashes: list[str] = []
+    for source in files:
+        image_id = ids[source] = coco_image_id(source, ids_by_name)
+        if image_id in owner:
+            clashes.append(f"{owner[image_id]} and {source} are both image {image_id!r}")
+        else:
+            owner[image_id] = source
+    if clashes:
+        more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise ValueError(f"a COCO results file needs one image id per file, but {len(clashes)} file(s) share an id: "
+                         f"{'; '.join(clashes[:5])}{more}. Give --annotations with the images' ids, rename the "
+                         "files, or write JSONL or CSV instead")
+    return ids
 
 
 @dataclass
@@ -120,6 +144,7 @@ class BatchSummary:
     total: int  # files named by the inputs
     captioned: int = 0  # captioned by this run
     already_done: int = 0  # found in the output of an earlier run and skipped
+    failed_before: int = 0  # of those, recorded as bad by an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), this run's
     seconds: float = 0.0
 
@@ -127,14 +152,18 @@ class BatchSummary:
     def images_per_s(self) -> float:
         return (self.captioned + len(self.failed)) / self.seconds if self.seconds else 0.0
 
-    def report(self, ignored: int = 0, show: int = 20) -> str:
+    def report(self, found: Discovered | None = None, show: int = 20) -> str:
         out = io.StringIO()
         out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s), {len(self.failed)} could not "
                   f"be read, {self.already_done} already in {self.output}")
-        if ignored:
-            out.write(f"; left out {ignored} file{'' if ignored == 1 else 's'} in the folders that are not images or "
-                      "videos by extension")
+        if self.failed_before:
+            out.write(f" ({self.failed_before} of them recorded as bad: delete their lines to try them again)")
+        if found is not None and found.ignored:
+            out.write(f"; left out {found.ignored} file{'' if found.ignored == 1 else 's'} in the folders that are "
+                      "not images or videos by extension")
         out.write("\n")
+        for folder, reason in (found.skipped_folders if found is not None else [])[:show]:
+            out.write(f"  folder not searched: {folder}: {reason}\n")
         for source, reason in self.failed[:show]:
             out.write(f"  bad file: {source}: {reason}\n")
         if len(self.failed) > show:
@@ -144,7 +173,7 @@ class BatchSummary:
 
 def _record(result: CaptionResult) -> dict[str, Any]:
     if not result.ok:
-        return {"source": result.source, "error": result.error}
+        return {"source": result.source, "error": result.error, "error_kind": result.error_kind}
     record = {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
     if result.times:
         record["frame_times"] = result.times
@@ -170,18 +199,22 @@ def caption_files(
     fmt = fmt or infer_format(output)
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
-    ids_by_name = _annotation_ids(annotations) if annotations else None
+    decoding = captioner.resolve_decoding(beam_size, max_length, length_penalty)  # refuse bad settings up front
+    # Before captioning, not after: every file needs its own image id in the annotations.
+    image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
     journal = Journal(output.with_name(output.name + ".progress.jsonl") if fmt == "coco" else output, fmt)
-    if fmt == "coco":  # fail before captioning, not after, when a file is not in the annotations
-        for source in files:
-            coco_image_id(source, ids_by_name)
 
-    done = {record["source"] for record in journal.records() if "source" in record}
+    done, bad = set(), set()
+    for record in journal.records():  # one pass over what earlier runs wrote
+        if "source" in record:
+            done.add(record["source"])
+            if "error" in record:
+                bad.add(record["source"])
     todo = [f for f in files if f not in done]
-    summary = BatchSummary(output=output, total=len(files), already_done=len(files) - len(todo))
+    summary = BatchSummary(output=output, total=len(files), already_done=len(files) - len(todo),
+                           failed_before=sum(f in bad for f in files))
     started = time.perf_counter()
-    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, beam_size=beam_size,
-                                      max_length=max_length, length_penalty=length_penalty)
+    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, **decoding)
     bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
     with journal.open() as writer, bar:
         for count, result in enumerate(results, 1):
@@ -196,9 +229,8 @@ def caption_files(
             bar.update()
     summary.seconds = time.perf_counter() - started
     if fmt == "coco":
-        wanted = set(files)
-        results_json = [{"image_id": coco_image_id(r["source"], ids_by_name), "caption": r["caption"]}
-                        for r in journal.records() if "caption" in r and r.get("source") in wanted]
+        results_json = [{"image_id": image_ids[r["source"]], "caption": r["caption"]}
+                        for r in journal.records() if "caption" in r and r.get("source") in image_ids]
         atomic_write_json(output, results_json)
     return summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ class InputError(ValueError):
 class Discovered:
     files: list[str] = field(default_factory=list)  # in order, each once
     ignored: int = 0  # files inside folders skipped because their extension is not an image's or a video's
+    skipped_folders: list[tuple[str, str]] = field(default_factory=list)  # (folder, why it was not searched)
 
     def add(self, path: str) -> None:
         if path not in self._seen:
@@ -46,19 +48,17 @@ def read_file_list(path: str | Path) -> list[str]:
 
 
 def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovered:
-    """Expand ``inputs`` into files: a folder contributes its images and videos, recursively and sorted; a glob its
-    matches (``**`` recurses); a file itself, whatever its extension. Paths from ``file_lists`` are taken
-    as given, so a missing one is reported with the other bad files instead of stopping the run."""
+    """Expand ``inputs`` into files: a folder contributes its images and videos, recursively (through linked
+    folders too, each searched once) and sorted; a glob its matches (``**`` recurses); a file itself, whatever
+    its extension. Broken and looping links are kept as files, so they are reported with the other bad files
+    instead of vanishing. Paths from ``file_lists`` are taken as given, for the same reason."""
     found = Discovered()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if is_media_name(child):
-                    found.add(str(child))
-                else:
-                    found.ignored += 1
-        elif path.exists():
+            for child in _search(path, found):
+                found.add(child)
+        elif os.path.lexists(item):  # a file, or a link that leads nowhere: captioned or reported per file
             found.add(item)
         elif GLOB_CHARS & set(item):
             matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
@@ -72,3 +72,39 @@ def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovere
         for line in read_file_list(file_list):
             found.add(line)
     return found
+
+
+def _search(folder: Path, found: Discovered) -> list[str]:
+    """The media files under ``folder``, sorted by path. Linked folders are followed, but a folder reached
+    again (a link back to a parent, or two links to one place) is searched once and noted in ``found``."""
+    media: list[str] = []
+    searched: set[tuple[int, int]] = set()
+    pending = [str(folder)]
+    while pending:
+        directory = pending.pop()
+        try:
+            info = os.stat(directory)
+            entries = list(os.scandir(directory))
+        except OSError as err:
+            found.skipped_folders.append((directory, f"cannot be listed ({err.strerror or err})"))
+            continue
+        if (info.st_dev, info.st_ino) in searched:
+            found.skipped_folders.append((directory, f"a link to {os.path.realpath(directory)}, which is searched "
+                                                     "already; not searched twice"))
+            continue
+        searched.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            if _is(entry.is_dir):
+                pending.append(entry.path)
+            elif (_is(entry.is_file) or entry.is_symlink()) and is_media_name(entry.name):
+                media.append(entry.path)  # a broken or looping link with an image's name is reported as bad
+            else:
+                found.ignored += 1
+    return sorted(media, key=lambda p: Path(p).parts)
+
+
+def _is(check) -> bool:
+    try:
+        return check()
+    except OSError:  # a link loop, or a permission error on the target
+        return False

@@ -1,15 +1,21 @@
 """The Gradio web demo: upload a photo or a video, get its caption, the top beams, and where it looked.
 
-One event, ``/caption``, does the work for the page and for ``gradio_client`` alike. It is a Gradio batch
-function: requests that arrive together are captioned in one batched forward pass, one batch at a time
-(``concurrency_limit=1``), so several users cost about what one does. It returns JSON; a second, private
-step draws the page from that JSON. Bad files come back as ``{"error": ...}``, shown on the page; they
-never raise, so one bad upload cannot fail the other requests of its batch or take the server down.
+One event, ``/caption``, does the work for the page and for ``gradio_client`` alike. Each request is judged
+on its own (``CaptionService.caption``): its settings go through the one validator (``caption.settings``) and
+its file through the one loader (``caption.data.images``), in the request's own thread, and a bad value or file
+is answered with ``{"error": ...}`` naming it. Only requests that passed go on to the batcher, which captions
+the requests that arrive together in one forward pass, one batch at a time (``MicroBatcher``), so several users
+cost about what one does and no request can fail another's batch. Gradio's own input checks are off for this
+event (``preprocess=False``): they run on a whole batch at once and would fail all of it for one bad value.
+A second, private step draws the page from the JSON. Uploads are deleted when unused (``UploadJanitor``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,13 +26,18 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from caption.api import Captioner
-from caption.data.images import ImageLoadError, load_image
-from caption.data.video import is_video, read_frames
+from caption.api import Captioner, CaptionResult
+from caption.data.images import load_image
+from caption.data.video import Frames, is_video, read_frames
+from caption.errors import ErrorKind, ImageLoadError, ParameterError
+from caption.serving.batcher import MicroBatcher
 from caption.serving.heatmaps import video_word_heatmaps, word_heatmaps
+from caption.serving.uploads import UploadJanitor
+from caption.settings import DecodingLimits
 
 logger = logging.getLogger("caption.web")
 
+UNCLAIMED_SECONDS = 60.0  # an upload no request has used yet is kept at least this long (its request may be queued)
 PREVIEW_SIZE = 768  # the page's copy of a photo: JPEGs decode straight to about this size (draft mode)
 
 
@@ -36,93 +47,113 @@ class Limits:
     max_pixels: int = 40_000_000  # larger images are refused unread (decompression bombs)
     max_video_seconds: float = 300.0
     max_beam_size: int = 10
+    max_length: int = 100  # most words a request may ask for
     max_batch_size: int = 16  # concurrent requests captioned in one forward pass
+    keep_uploads_seconds: float = 120.0  # an upload no request has used for this long is deleted
+    uploads_budget_mb: float = 1024.0  # beyond this, the least recently used uploads are deleted first
+
+
+@dataclass
+class Job:
+    """One checked request on its way to the batcher: a decoded photo or a video's sampled frames."""
+
+    name: str  # the file as the user named it
+    settings: tuple[int, int]  # (beam size, maximum length)
+    image: Image.Image | None = None
+    frames: Frames | None = None
 
 
 class CaptionService:
-    """The loaded model behind the demo: the batched ``/caption`` function and the page renderer."""
+    """The loaded model behind the demo: the ``/caption`` function and the page renderer."""
 
     def __init__(self, captioner: Captioner, limits: Limits | None = None):
         self.captioner = captioner
         self.limits = limits or Limits()
         self.defaults = captioner.resolve_decoding()
+        self.decoding_limits = DecodingLimits(self.limits.max_beam_size, self.limits.max_length)
+        self.batcher: MicroBatcher[Job, dict[str, Any]] = MicroBatcher(self.caption_jobs, self.limits.max_batch_size)
+        self.janitor: UploadJanitor | None = None  # set by build_app, which knows where Gradio keeps uploads
+        # Files are read in the requests' own threads, but only as many at once as there are cores: more only
+        # compete for the GIL with the server's event loop, which then answers uploads late.
+        self._reading = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+    def caption(self, upload: Any, beam_size: Any = None, max_length: Any = None) -> dict[str, Any]:
+        """The ``/caption`` event: one request, judged on its own. ``upload`` is Gradio's file payload (a dict
+        with ``path`` and ``orig_name``) or a path. Returns the caption JSON, ``{"error"}`` naming what was wrong
+        with this request, or ``{}`` for a cleared upload. Never raises."""
+        if upload is None or upload == "":
+            return {}  # the upload was cleared: nothing to show, nothing to complain about
+        try:
+            path, name = _upload_path(upload)
+        except ParameterError as err:
+            return _error(str(err), err.kind)
+        with self._holding(path):
+            try:
+                return self.batcher(self.prepare(path, name, beam_size, max_length))
+            except (ImageLoadError, ParameterError) as err:
+                return _error(str(err), err.kind)
+            except Exception as err:  # noqa: BLE001 - out of memory, say: this request fails, the server goes on
+                logger.exception("captioning %s failed", name)
+                return _error(f"{name}: the server could not caption this file now ({err}); try again later",
+                              ErrorKind.SERVER)
+
+    def prepare(self, path: str, name: str, beam_size: Any, max_length: Any) -> Job:
+        """Check a request's settings and read its file, in the request's own thread; raises ``ParameterError``
+        or ``ImageLoadError`` (named as the user named the file)."""
+        decoding = self.captioner.resolve_decoding(beam_size, max_length, limits=self.decoding_limits)
+        settings = (decoding["beam_size"], decoding["max_length"])
+        try:
+            with self._reading:
+                self._check_size(path)
+                if is_video(name) or is_video(path):
+                    frames = read_frames(path, self.captioner.num_frames, max_seconds=self.limits.max_video_seconds)
+                    return Job(name, settings, frames=frames)
+                # Decoded as Captioner.caption(path) would: the same pixels, so the same caption.
+                return Job(name, settings, image=self.open_image(path, self.captioner.transform.image_size))
+        except ImageLoadError as err:  # name the file as the user knows it, not by its temporary path
+            raise err.renamed(name) from None
 
     def open_image(self, path: str, size: int) -> Image.Image:
-        """The upright photo, decoded to about ``size`` px; refused with a reason naming the upload."""
-        self._check_size(path)
-        try:
-            return load_image(path, draft_size=size, max_pixels=self.limits.max_pixels)
-        except ImageLoadError as err:  # name the file as the user knows it, not by its temporary path
-            raise ImageLoadError(Path(path).name, err.reason) from None
+        """The upright photo, decoded to about ``size`` px."""
+        return load_image(path, draft_size=size, max_pixels=self.limits.max_pixels)
 
-    def caption_batch(self, paths: list[str | None], beam_sizes: list[float], max_lengths: list[float]) -> list[list[dict]]:
-        """Gradio batch function: lists in (one entry per request), one list of JSON results out."""
+    def caption_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """The batcher's function: photos with the same settings in one forward pass, each video on its own."""
         started = time.perf_counter()
-        results: list[dict[str, Any]] = [{} for _ in paths]
-        groups: dict[tuple[int, int], list[tuple[int, Image.Image]]] = defaultdict(list)
-        for i, (path, beam_size, max_length) in enumerate(zip(paths, beam_sizes, max_lengths)):
-            if not path:  # the upload was cleared: nothing to show
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        passes = 0
+        for i, job in enumerate(jobs):
+            if job.frames is None:
+                groups[job.settings].append(i)
                 continue
-            if is_video(path):  # a video is a batch of its own frames
-                results[i] = self._caption_video(path, beam_size, max_length)
-                continue
-            try:
-                # Decoded as Captioner.caption(path) would: the same pixels, so the same caption.
-                image = self.open_image(path, self.captioner.transform.image_size)
-                settings = self._settings(beam_size, max_length)
-            except (ImageLoadError, ValueError) as err:
-                results[i] = {"error": str(err)}
-                continue
-            groups[settings].append((i, image))
-        for (beam_size, max_length), members in groups.items():  # usually one group: the same settings
-            try:
-                captions = self.captioner.caption(
-                    [image for _, image in members], beam_size=beam_size, max_length=max_length,
-                    batch_size=len(members), num_workers=0, skip_errors=True,
-                )
-            except RuntimeError as err:  # out of memory, say: these requests fail with a reason, the server goes on
-                logger.exception("captioning a batch of %d failed", len(members))
-                for i, _ in members:
-                    results[i] = {"error": f"the server could not caption this photo now ({err}); try again later"}
-                continue
-            for (i, _), result in zip(members, captions):
+            beam, length = job.settings
+            memory = self.captioner.encode_frames(job.frames)  # (1, F*N, C)
+            [result] = self.captioner.caption_memory(memory, sources=[job.name], beam_size=beam, max_length=length)
+            results[i] = {**self._to_json(result), "frame_times": job.frames.times}
+            passes += 1
+        for (beam, length), members in groups.items():  # usually one group: the same settings
+            captions = self.captioner.caption(
+                [jobs[i].image for i in members], beam_size=beam, max_length=length, batch_size=len(members),
+                num_workers=0, skip_errors=True,
+            )
+            for i, result in zip(members, captions):
                 results[i] = self._to_json(result)
-        logger.info("captioned %d request(s) in %d forward pass(es), %.2f s", len(paths), len(groups),
+            passes += 1
+        logger.info("captioned %d request(s) in %d forward pass(es), %.2f s", len(jobs), passes,
                     time.perf_counter() - started)
-        return [results]
-
-    def _caption_video(self, path: str, beam_size: float | None, max_length: float | None) -> dict[str, Any]:
-        name = Path(path).name
-        try:
-            self._check_size(path)
-            beam, length = self._settings(beam_size, max_length)
-            [result] = self.captioner.caption_video(path, max_seconds=self.limits.max_video_seconds,
-                                                    beam_size=beam, max_length=length)
-        except ImageLoadError as err:
-            return {"error": str(ImageLoadError(name, err.reason))}
-        except ValueError as err:
-            return {"error": str(err)}
-        return {**self._to_json(result), "frame_times": result.times}
+        return results
 
     def _check_size(self, path: str) -> None:
         file_bytes = Path(path).stat().st_size if Path(path).is_file() else 0
         if file_bytes > self.limits.max_file_mb * 2**20:
-            raise ImageLoadError(Path(path).name, f"{file_bytes / 2**20:.1f} MB is over the "
-                                                  f"{self.limits.max_file_mb:g} MB limit")
-
-    def _settings(self, beam_size: float | None, max_length: float | None) -> tuple[int, int]:
-        beam = int(beam_size or self.defaults["beam_size"])
-        length = int(max_length or self.defaults["max_length"])
-        if not 1 <= beam <= self.limits.max_beam_size:
-            raise ValueError(f"beam size {beam} is out of range: choose 1 to {self.limits.max_beam_size}")
-        if not 1 <= length <= 100:
-            raise ValueError(f"maximum length {length} is out of range: choose 1 to 100")
-        return beam, length
+            raise ImageLoadError(path, f"{file_bytes / 2**20:.1f} MB is over the {self.limits.max_file_mb:g} MB "
+                                       "limit", ErrorKind.TOO_LARGE)
 
     @staticmethod
-    def _to_json(result) -> dict[str, Any]:
+    def _to_json(result: CaptionResult) -> dict[str, Any]:
         if not result.ok:
-            return {"error": str(ImageLoadError(result.source, result.error))}
+            return _error(f"{result.source}: {result.error}", result.error_kind)
         return {
             "caption": result.text,
             "score": round(result.score, 4),
@@ -142,21 +173,41 @@ class CaptionService:
         beams = [[beam["text"], beam["score"]] for beam in result["beams"]]
         attention, grid = np.array(result["attention"]), tuple(result["grid"])
         try:
-            if "frame_times" in result:
-                times = result["frame_times"]
-                frames = read_frames(path, len(times), max_side=PREVIEW_SIZE,
-                                     max_seconds=self.limits.max_video_seconds).images
-                by_word, by_frame = video_word_heatmaps(frames, times, result["words"], attention, grid)
-                shares = attention.reshape(len(result["words"]), len(times), -1).sum(axis=(0, 2))  # (F,)
-                return "", result["caption"], frames[int(shares.argmax())], beams, by_word, by_frame
-            image = self.open_image(path, PREVIEW_SIZE)
-        except (ImageLoadError, OSError) as err:  # the upload is gone (cleared, or cleaned up meanwhile)
-            return f"**Could not show this file.** {err}", result["caption"], None, beams, [], []
+            with self._holding(path):
+                if "frame_times" in result:
+                    times = result["frame_times"]
+                    frames = read_frames(path, len(times), max_side=PREVIEW_SIZE,
+                                         max_seconds=self.limits.max_video_seconds).images
+                    by_word, by_frame = video_word_heatmaps(frames, times, result["words"], attention, grid)
+                    shares = attention.reshape(len(result["words"]), len(times), -1).sum(axis=(0, 2))  # (F,)
+                    return "", result["caption"], frames[int(shares.argmax())], beams, by_word, by_frame
+                image = self.open_image(path, PREVIEW_SIZE)
+        except ImageLoadError as err:  # the upload is gone (cleared, or cleaned up meanwhile)
+            return f"**Could not show this file.** {err.renamed(Path(path).name)}", result["caption"], None, beams, [], []
         return "", result["caption"], image, beams, word_heatmaps(image, result["words"], attention, grid), []
+
+    def _holding(self, path: str | None):
+        """While a request reads its upload, the janitor leaves it alone."""
+        return self.janitor.using(path) if self.janitor is not None else contextlib.nullcontext()
+
+
+def _error(message: str, kind: ErrorKind | str | None) -> dict[str, Any]:
+    return {"error": message, "error_kind": ErrorKind(kind).value if kind else None}
+
+
+def _upload_path(upload: Any) -> tuple[str, str]:
+    """(path on the server, the name the user gave it) from Gradio's file payload or a plain path."""
+    if isinstance(upload, (str, Path)):
+        return str(upload), Path(upload).name
+    if isinstance(upload, dict) and isinstance(upload.get("path"), str):
+        return upload["path"], str(upload.get("orig_name") or Path(upload["path"]).name)
+    raise ParameterError("file", upload, "send an uploaded file (gradio_client: handle_file(path))")
 
 
 def build_app(service: CaptionService, examples: list[str] | None = None, title: str = "Image captioning") -> gr.Blocks:
     limits, defaults = service.limits, service.defaults
+    # No delete_cache: Gradio's own cleaning goes by age alone (an upload whose request is still queued would
+    # go) and deleted the examples' copies too; the janitor (set below) cleans instead.
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}\nUpload a photo or a video: the model writes a caption and shows where it looked "
                     "for each word (Show, Attend and Tell). A video is captioned from frames sampled across it.")
@@ -184,11 +235,16 @@ def build_app(service: CaptionService, examples: list[str] | None = None, title:
                                     height="auto", elem_id="frames")
                 with gr.Accordion("JSON (what /caption returns)", open=False):
                     result = gr.JSON(elem_id="json")
+        # preprocess=False: the request's own checks judge its values (see the module docstring). Twice the
+        # batch size may wait in the batcher, so the next batch is full when the current one ends.
         gr.on(
-            [run.click, upload.change], service.caption_batch, [upload, beam_size, max_length], [result],
-            api_name="caption", batch=True, max_batch_size=limits.max_batch_size, concurrency_limit=1,
+            [run.click, upload.change], service.caption, [upload, beam_size, max_length], [result],
+            api_name="caption", preprocess=False, concurrency_limit=2 * limits.max_batch_size,
         ).then(
             service.render, [upload, result], [status, caption, preview, beams, heatmaps, frames],
             api_visibility="private", concurrency_limit=4,
         )
+    service.janitor = UploadJanitor(app.upload_file_set, limits.keep_uploads_seconds,
+                                    int(limits.uploads_budget_mb * 2**20), unclaimed_seconds=UNCLAIMED_SECONDS,
+                                    outputs=app.temp_file_sets)
     return app

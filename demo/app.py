@@ -18,7 +18,6 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo reports nothing home
 
 from caption.utils.logging import setup_logging  # noqa: E402
-from caption.utils.runtime import reexec_with_malloc_tuning  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("CAPTION_DATA", HERE.parent.parent / "shared" / "data"))
@@ -49,7 +48,8 @@ def main() -> int:
     parser.add_argument("--uploads-budget-mb", type=float, default=1024.0,
                         help="beyond this, delete the least recently used uploads first")
     args = parser.parse_args()
-    reexec_with_malloc_tuning(arenas=2)
+    # No reexec_with_malloc_tuning here, unlike the caption command: a server that never gives freed memory back
+    # grew for 20 rounds of the load test (1,205 -> 1,625 MB) and was ~10% faster; untuned it levels off.
     setup_logging()
 
     from caption.api import Captioner

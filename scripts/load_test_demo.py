@@ -86,11 +86,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--keep-uploads", type=float, default=5.0, help="the server's --keep-uploads")
     parser.add_argument("--uploads-budget-mb", type=float, default=10.0, help="the server's --uploads-budget-mb")
-    parser.add_argument("--warm-up", type=int, default=4,
-                        help="rounds after which the server's memory must stop growing (allocator heaps fill first)")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=40.0,
+    parser.add_argument("--warm-up", type=int, default=3,
+                        help="rounds after which the server's memory must level off (the model's heaps fill first)")
+    # Resident memory moves by up to ~150 MB with the shapes of the batches the model happened to see (the same
+    # captioning in one process, with no server, went 1,098 -> 1,268 -> 1,224 MB); a leak of what a request
+    # holds (its upload, image, result) would grow every round. tests/test_web.py checks the Python heap exactly.
+    parser.add_argument("--max-rss-growth-mb", type=float, default=200.0,
                         help="most the server's memory may grow from the end of the warm-up to the last round")
     parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
     args = parser.parse_args()
 
     from gradio_client import Client, handle_file
@@ -194,6 +198,8 @@ def main() -> int:
     for failure in failures[:20]:
         print(f"FAILED: {failure}")
     print("SUMMARY " + json.dumps(summary))
+    if args.server_log:
+        shutil.copy(log, args.server_log)
     shutil.rmtree(work, ignore_errors=True)
     return 1 if failures or not alive else 0
 

@@ -209,3 +209,40 @@ def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_f
             browser.close()
     assert (ARTIFACTS / "demo-caption.png").stat().st_size > 10_000
 
+
+
+def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner, photos, tmp_path):
+    """What a request holds (its image, result, batcher future) is let go when it is answered: no such object
+    outlives its round, and traced Python memory (numpy arrays included) is flat. Resident memory is too
+    coarse for this: the model's heaps move with the shapes of the batches it sees."""
+    import gc
+    import tracemalloc
+    from concurrent.futures import Future
+
+    from caption.api import CaptionResult
+    from caption.serving.web import Job
+
+    service = CaptionService(captioner)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(Path(photos[0]).read_bytes()[:5000])
+    requests = [(photos[i % len(photos)], 3, 20) for i in range(8)] + [(str(truncated), 3, 20), (photos[0], 0, 20)]
+    caption_at_once(service, requests)  # warm-up: lazy imports, caches
+
+    def alive() -> dict[str, int]:
+        gc.collect()
+        kinds = (Job, Image.Image, CaptionResult, Future)
+        return {kind.__name__: sum(isinstance(o, kind) for o in gc.get_objects()) for kind in kinds}
+
+    before = alive()
+    tracemalloc.start()
+    try:
+        sizes = []
+        for _ in range(4):
+            answers = caption_at_once(service, requests)
+            assert [("caption" in a) for a in answers] == [True] * 8 + [False, False]
+            del answers
+            sizes.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert alive() == before
+    assert max(sizes) - sizes[0] < 2 * 2**20, [f"{s / 2**20:.2f} MB" for s in sizes]

@@ -39,14 +39,17 @@ class MicroBatcher(Generic[Request, Result]):
         return future.result()
 
     def _serve_forever(self) -> None:
-        while True:
-            batch = [self._pending.get()]
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
-            self._serve(batch)
+        while True:  # no local keeps a served batch: its requests and results are freed while the next waits
+            self._serve(self._next_batch())
+
+    def _next_batch(self) -> list[tuple[Request, Future]]:
+        batch = [self._pending.get()]
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        return batch
 
     def _serve(self, batch: list[tuple[Request, Future]]) -> None:
         try:

@@ -4,7 +4,8 @@ Gradio stores every upload under its temporary folder and never deletes it on it
 an upload once no request has used it for ``keep_seconds`` (long enough to try another beam size on the same
 photo), and, whenever uploads take more than ``max_bytes``, the least recently used ones first. An upload that a
 request is using is never deleted, and one that no request has used yet (its request may still be in the queue)
-is given at least ``unclaimed_seconds``, and goes last when over budget. It sweeps after every request and
+is given at least ``unclaimed_seconds`` and is only deleted for space past twice the budget (so uploads never
+take more than ``2 * max_bytes`` beyond those in use). It sweeps after every request and
 every few seconds in between, so uploads that no request ever uses (a client that only uploads) are bounded too.
 The files the server writes for the page (previews, heatmaps) are deleted ``keep_seconds`` after they were made,
 except those it had at start (the example photos, which the page's examples point at for good).
@@ -86,7 +87,10 @@ class UploadJanitor:
             deleted = 0
             for unclaimed, last, path, size in unused:
                 expired = now - last >= (self.unclaimed_seconds if unclaimed else self.keep_seconds)
-                if (expired or total > self.max_bytes) and self._delete(path):
+                # Over budget, used uploads go; one whose request is still queued only past twice the budget.
+                over = total > (2 * self.max_bytes if unclaimed else self.max_bytes)
+                if (expired or over) and self._delete(path):
+                    logger.debug("deleted the upload %s: %s", path, "unused for long" if expired else "over budget")
                     total -= size
                     deleted += 1
             deleted += self._sweep_outputs(now)
@@ -97,7 +101,8 @@ class UploadJanitor:
         deleted = 0
         for files in self.outputs:
             for path in files.copy():
-                if path in self._kept:
+                # An input component lists the uploads it received here too: those are the uploads' to clean.
+                if path in self._kept or path in self.uploads or path in self._in_use:
                     continue
                 try:
                     info = os.stat(path)

@@ -24,16 +24,13 @@ MALLOC_SETTINGS = {
 _MARKER = "CAPTION_MALLOC_TUNED"
 
 
-def reexec_with_malloc_tuning(arenas: int | None = None) -> None:
-    """Restart this Python process once with the glibc settings above (Linux only; opt out: CAPTION_MALLOC_TUNED=0).
-    ``arenas`` caps glibc's per-thread heaps: a server whose many request threads each kept a heap at its own
-    peak would grow for many rounds before it levelled off."""
+def reexec_with_malloc_tuning() -> None:
+    """Restart this Python process once with the glibc settings above (Linux only; opt out: CAPTION_MALLOC_TUNED=0)."""
     if platform.system() != "Linux" or os.environ.get(_MARKER) is not None or not sys.argv or not sys.argv[0]:
         return
     if platform.libc_ver()[0] != "glibc":
         return
-    settings = {**MALLOC_SETTINGS, **({"MALLOC_ARENA_MAX": str(arenas)} if arenas else {})}
-    env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in settings.items()}, **{_MARKER: "1"})
+    env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in MALLOC_SETTINGS.items()}, **{_MARKER: "1"})
     argv = [sys.executable, *sys.orig_argv[1:]] if hasattr(sys, "orig_argv") else [sys.executable, *sys.argv]
     sys.stdout.flush()
     sys.stderr.flush()

@@ -245,10 +245,10 @@ class Captioner:
             return self.caption_video(item, **video, **settings)[0]
         except ImageLoadError as err:
             return CaptionResult.failed(err)
-        except Exception as err:  # noqa: BLE001 - a decoder failure on one file must not stop the others
+        except Exception as err:  # noqa: BLE001 - an unforeseen failure on one file must not stop the others
             logger.exception("captioning the video %s failed", item)
-            return CaptionResult.failed(VideoLoadError(str(item), f"the video could not be decoded ({err})",
-                                                       ErrorKind.CORRUPT))
+            return CaptionResult.failed(VideoLoadError(str(item), f"captioning it failed ({type(err).__name__}: "
+                                                                  f"{err})", ErrorKind.SERVER))
 
     def _iter_image_captions(self, images: Sequence[ImageInput], settings: dict, batch_size: int,
                              num_workers: int | None) -> Iterator[list[CaptionResult]]:

@@ -3,7 +3,8 @@ shows that the command streams its results to the output instead of holding them
 number of files) and reads the output once instead of per file (a resume that skips everything is quick,
 and files/s does not fall as folders grow).
 
-    python scripts/bench_batch.py [--counts 1000 10000] [--size 64] [--bad-share 0.01] [--beam-size 1] [--keep]
+    python scripts/bench_batch.py [--counts 1000 10000] [--size 64] [--bad-share 0.01] [--beam-size 1]
+                                  [--keep] [--no-malloc-tuning] [--device auto]
 
 Each folder is made at run time in a temporary directory: small JPEGs of noise over a gradient, in
 sub-folders of 1,000, with a share of bad files (empty files, and text files named .jpg) so that failure
@@ -37,7 +38,8 @@ PER_FOLDER = 1000  # images per sub-folder, so that discovery recurses
 
 
 def make_folder(root: Path, count: int, size: int, bad_share: float, seed: int = 0) -> int:
-    """``count`` files under ``root``, ``round(count * bad_share)`` of them bad (spread evenly); returns that."""
+    """``count`` files under ``root``, ``round(count * bad_share)`` of them bad (spread evenly); returns
+    how many are bad."""
     rng = np.random.default_rng(seed)
     wanted = min(count, round(count * bad_share))
     bad_at = {i * count // wanted for i in range(wanted)} if wanted else set()
@@ -67,9 +69,10 @@ def rss_kb(pid: int) -> int:
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
-def run_batch(folder: Path, out: Path, beam_size: int, device: str, log: Path, malloc_tuning: bool = True) -> dict:
-    """One `caption batch` process: its wall time, peak RSS (MB), exit status, and its RSS (MB) when the output
-    had reached half, and nine tenths, of its final size (sampled every 0.1 s; None for a resume)."""
+def run_batch(folder: Path, out: Path, beam_size: int, device: str, log: Path,
+              malloc_tuning: bool = True) -> dict:
+    """One `caption batch` process: its wall time, peak RSS (MB), exit status, and its RSS (MB) when the
+    output had reached half, and nine tenths, of its final size (sampled every 0.1 s; None for a resume)."""
     command = [sys.executable, "-m", "caption.cli", "batch", str(folder), "--out", str(out),
                "--beam-size", str(beam_size), "--no-progress", "--device", device]
     env = dict(os.environ) if malloc_tuning else dict(os.environ, CAPTION_MALLOC_TUNED="0")
@@ -112,7 +115,7 @@ def read_output(out: Path) -> tuple[int, int, int]:
 
 
 def own_rate(summary: str) -> str:
-    """The command's own images/s (captioning loop only: no start-up, no model loading), if it captioned any."""
+    """The command's own images/s (the captioning loop: no start-up or model loading), if it captioned any."""
     match = re.search(r"^(\d+) captioned \(([\d.]+) images/s\)", summary)
     return f"{float(match.group(2)):.1f}" if match and int(match.group(1)) else "-"
 
@@ -124,14 +127,16 @@ def summary_line(log: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000], help="files per folder")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--bad-share", type=float, default=0.01, help="share of bad files in each folder")
-    parser.add_argument("--beam-size", type=int, default=1, help="beams per image (1, greedy, keeps it quick)")
+    parser.add_argument("--beam-size", type=int, default=1, help="beams per image (1: greedy, quick)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="run the command with CAPTION_MALLOC_TUNED=0 (glibc's defaults: freed memory is trimmed)")
+                        help="run the command with CAPTION_MALLOC_TUNED=0 (glibc's defaults: freed memory is "
+                             "trimmed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders and outputs")
     args = parser.parse_args()
 
@@ -164,16 +169,18 @@ def main() -> int:
                 rows.append({"files": f"{count:,}", "count": count, "run": run, "seconds": result["seconds"],
                              "files_per_s": count / result["seconds"], "peak_mb": result["peak_mb"],
                              "rss_half": result["rss_half"] or "-", "rss_90": result["rss_90"] or "-",
-                             "own_rate": own_rate(summary), "exit": result["exit"], "lines": lines, "bad": errors})
+                             "own_rate": own_rate(summary), "exit": result["exit"], "lines": lines,
+                             "bad": errors})
                 notes.append(f"{count:,} files, {run}: exit {result['exit']}; {summary}")
                 if result["exit"] != expected_exit:
                     problems.append(f"{count:,} files, {run}: exit status {result['exit']}, expected "
                                     f"{expected_exit}; its output:\n{result['log'][-3000:]}")
                 if lines != count or sources != count:
-                    problems.append(f"{count:,} files, {run}: the output has {lines} lines for {sources} files, "
-                                    f"expected {count} of each (one per file, none twice)")
+                    problems.append(f"{count:,} files, {run}: the output has {lines} lines for {sources} "
+                                    f"files, expected {count} of each (one per file, none twice)")
                 if errors != bad:
-                    problems.append(f"{count:,} files, {run}: {errors} error records, but {bad} files were made bad")
+                    problems.append(f"{count:,} files, {run}: {errors} error records, but {bad} files were "
+                                    "made bad")
                 if result["exit"] not in (0, 1):
                     break
             if not args.keep:
@@ -189,8 +196,8 @@ def main() -> int:
         row["rss_vs_first"] = f"{row['peak_mb'] / first['peak_mb']:.2f}x"
     print_table(
         f"`caption batch` on a folder of {args.size}x{args.size} JPEGs ({args.bad_share:.0%} bad), beam size "
-        f"{args.beam_size}, malloc tuning {'on' if tuning else 'off'}, {machine()}; each run a fresh process; the resume re-runs the same command on the "
-        "finished output",
+        f"{args.beam_size}, malloc tuning {'on' if tuning else 'off'}, {machine()}; each run a fresh "
+        "process; the resume re-runs the same command on the finished output",
         rows, [("files", "files"), ("run", "run"), ("seconds", "seconds"), ("files/s", "files_per_s"),
                ("the command's images/s", "own_rate"),
                ("RSS MB, half done", "rss_half"), ("RSS MB, 90% done", "rss_90"),
@@ -205,11 +212,12 @@ def main() -> int:
             low, high = same[0], same[-1]
             extra = high["count"] - low["count"]
             growth = high["peak_mb"] - low["peak_mb"]
-            print(f"{run.capitalize()}, {low['count']:,} -> {high['count']:,} files: peak RSS {growth:+.1f} MB "
-                  f"({1024 * growth / extra:+.2f} KB per extra file), time {high['seconds'] - low['seconds']:+.1f} s "
-                  f"({1000 * (high['seconds'] - low['seconds']) / extra:+.2f} ms per extra file)")
-    print("\nExit status 1 is expected whenever a folder has bad files: the first run reports them, the resume "
-          "counts those recorded before. The commands' own summaries:")
+            more_s = high["seconds"] - low["seconds"]
+            print(f"{run.capitalize()}, {low['count']:,} -> {high['count']:,} files: peak RSS {growth:+.1f} "
+                  f"MB ({1024 * growth / extra:+.2f} KB per extra file), time {more_s:+.1f} s "
+                  f"({1000 * more_s / extra:+.2f} ms per extra file)")
+    print("\nExit status 1 is expected whenever a folder has bad files: the first run reports them, the "
+          "resume counts those recorded before. The commands' own summaries:")
     for note in notes:
         print(f"  {note}")
     for problem in problems:

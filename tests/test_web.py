@@ -217,6 +217,7 @@ def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner
     coarse for this: the model's heaps move with the shapes of the batches it sees."""
     import gc
     import tracemalloc
+    import warnings
     from concurrent.futures import Future
 
     from caption.api import CaptionResult
@@ -231,7 +232,9 @@ def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner
     def alive() -> dict[str, int]:
         gc.collect()
         kinds = (Job, Image.Image, CaptionResult, Future)
-        return {kind.__name__: sum(isinstance(o, kind) for o in gc.get_objects()) for kind in kinds}
+        with warnings.catch_warnings():  # isinstance() on every object wakes deprecated torch names
+            warnings.simplefilter("ignore", FutureWarning)
+            return {kind.__name__: sum(isinstance(o, kind) for o in gc.get_objects()) for kind in kinds}
 
     before = alive()
     tracemalloc.start()
@@ -246,3 +249,50 @@ def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner
         tracemalloc.stop()
     assert alive() == before
     assert max(sizes) - sizes[0] < 2 * 2**20, [f"{s / 2**20:.2f} MB" for s in sizes]
+
+
+def test_an_upload_the_janitor_deleted_asks_to_be_uploaded_again(captioner, photos, tmp_path):
+    from caption.serving.uploads import UploadJanitor
+
+    service = CaptionService(captioner, Limits(keep_uploads_seconds=60))
+    upload = tmp_path / "gradio" / "0123abcd" / "photo.jpg"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(Path(photos[0]).read_bytes())
+    uploads = {str(upload)}
+    service.janitor = UploadJanitor(uploads, keep_seconds=60, max_bytes=2**30, sweep_every=3600)
+    try:
+        assert service.caption(str(upload), 3, 20)["caption"]  # the page's first request
+        assert upload.exists()  # kept for another beam size
+        service.janitor.keep_seconds = 0  # as if 60 s had passed
+        service.janitor.sweep()
+        assert not upload.exists() and not upload.parent.exists() and uploads == set()
+        again = service.caption(str(upload), 5, 20)  # the user tries another beam size much later
+        assert again == {"error": "photo.jpg: no longer on the server (uploads are deleted after 60 s unused): "
+                                  "upload it again", "error_kind": "missing"}
+    finally:
+        service.janitor.close()
+
+
+def test_over_budget_used_uploads_go_first_and_queued_ones_only_past_twice_the_budget(tmp_path):
+    from caption.serving.uploads import UploadJanitor
+
+    def upload(name: str, kb: int) -> str:
+        path = tmp_path / name / f"{name}.jpg"
+        path.parent.mkdir()
+        path.write_bytes(b"x" * kb * 1024)
+        return str(path)
+
+    used, queued = upload("used", 600), upload("queued", 600)
+    uploads = {used, queued}
+    janitor = UploadJanitor(uploads, keep_seconds=3600, max_bytes=1000 * 1024, sweep_every=3600)
+    try:
+        with janitor.using(used):
+            janitor.sweep()
+            assert uploads == {used, queued}  # over budget (1,200 KB), but one is in use, the other queued
+        assert uploads == {queued}  # released: the used one goes first, and that is enough
+        more = upload("more", 1500)  # queued too: now 2,100 KB, past twice the budget
+        uploads.add(more)
+        janitor.sweep()
+        assert uploads == {more} and not Path(queued).exists()  # the oldest queued one went
+    finally:
+        janitor.close()

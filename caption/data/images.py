@@ -120,7 +120,9 @@ def _from_array(array: np.ndarray, source: str) -> Image.Image:
 def _upright(image: Image.Image) -> Image.Image:
     """EXIF rotation applied; a photo whose EXIF block is damaged is used as stored rather than refused."""
     try:
-        return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():  # Pillow warns of a damaged EXIF block; we use the photo as stored
+            warnings.simplefilter("ignore", UserWarning)
+            return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - any failure in the EXIF block only loses the rotation
         return image
 

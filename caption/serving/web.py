@@ -111,6 +111,10 @@ class CaptionService:
                 # Decoded as Captioner.caption(path) would: the same pixels, so the same caption.
                 return Job(name, settings, image=self.open_image(path, self.captioner.transform.image_size))
         except ImageLoadError as err:  # name the file as the user knows it, not by its temporary path
+            if err.kind == ErrorKind.MISSING:  # the page asks again for an upload the janitor has deleted
+                raise ImageLoadError(name, "no longer on the server (uploads are deleted after "
+                                           f"{self.limits.keep_uploads_seconds:g} s unused): upload it again",
+                                     ErrorKind.MISSING) from None
             raise err.renamed(name) from None
 
     def open_image(self, path: str, size: int) -> Image.Image:

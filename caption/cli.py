@@ -11,7 +11,7 @@ from caption.evaluation.metrics import METRIC_NAMES
 from caption.utils.logging import logger, setup_logging
 from caption.utils.runtime import reexec_with_malloc_tuning
 
-# Exit statuses of predict, batch and evaluate (README, "Exit statuses"):
+# Exit statuses of predict and batch (README, "Exit statuses"); the other commands use 0 and 2:
 EXIT_OK = 0  # every input captioned
 EXIT_SOME_FAILED = 1  # some inputs could not be captioned; each is reported, every other one is captioned
 EXIT_USAGE = 2  # nothing was captioned: bad arguments or settings, no model, an input that matches nothing

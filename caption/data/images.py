@@ -160,6 +160,7 @@ def _load_file(path: Path, source: str, draft_size: int | None, max_pixels: int)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # it only loses the rotation
             with Image.open(path) as opened:
                 _check_pixels(opened.size, source, max_pixels)
                 if draft_size and opened.format == "JPEG":

@@ -16,25 +16,25 @@ from caption.errors import ErrorKind, ImageLoadError
 
 HEAD_BYTES = 64  # enough for every signature below
 
-# (offset, magic bytes, format name, family); the family is "image", "video" or "other".
-_SIGNATURES: list[tuple[int, bytes, str, str]] = [
-    (0, b"\xff\xd8\xff", "JPEG", "image"),
-    (0, b"\x89PNG\r\n\x1a\n", "PNG", "image"),
-    (0, b"GIF87a", "GIF", "image"),
-    (0, b"GIF89a", "GIF", "image"),
-    (0, b"II*\x00", "TIFF", "image"),
-    (0, b"MM\x00*", "TIFF", "image"),
-    (0, b"BM", "BMP", "image"),
-    (0, b"8BPS", "Photoshop", "image"),
-    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM", "video"),
-    (0, b"\x00\x00\x01\xba", "MPEG", "video"),
-    (0, b"FLV", "FLV", "video"),
-    (0, b"\x30\x26\xb2\x75", "ASF/WMV", "video"),
-    (0, b"OggS", "Ogg", "video"),
-    (0, b"%PDF", "PDF document", "other"),
-    (0, b"PK\x03\x04", "ZIP archive", "other"),
-    (0, b"\x1f\x8b", "gzip archive", "other"),
-    (0, b"ID3", "MP3 audio", "other"),
+# (magic bytes at the start, format name, family); the family is "image", "video" or "other".
+_SIGNATURES: list[tuple[bytes, str, str]] = [
+    (b"\xff\xd8\xff", "JPEG", "image"),
+    (b"\x89PNG\r\n\x1a\n", "PNG", "image"),
+    (b"GIF87a", "GIF", "image"),
+    (b"GIF89a", "GIF", "image"),
+    (b"II*\x00", "TIFF", "image"),
+    (b"MM\x00*", "TIFF", "image"),
+    (b"BM", "BMP", "image"),
+    (b"8BPS", "Photoshop", "image"),
+    (b"\x1a\x45\xdf\xa3", "Matroska/WebM", "video"),
+    (b"\x00\x00\x01\xba", "MPEG", "video"),
+    (b"FLV", "FLV", "video"),
+    (b"\x30\x26\xb2\x75", "ASF/WMV", "video"),
+    (b"OggS", "Ogg", "video"),
+    (b"%PDF", "PDF document", "other"),
+    (b"PK\x03\x04", "ZIP archive", "other"),
+    (b"\x1f\x8b", "gzip archive", "other"),
+    (b"ID3", "MP3 audio", "other"),
 ]
 _RIFF = {b"WEBP": ("WebP", "image"), b"AVI ": ("AVI", "video"), b"WAVE": ("WAV audio", "other")}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
@@ -52,8 +52,8 @@ def sniff(head: bytes) -> tuple[str, str] | None:
         return ("QuickTime" if brand == b"qt  " else "MP4", "video")
     if head[4:8] in _QUICKTIME_ATOMS:
         return "QuickTime", "video"
-    for offset, magic, name, family in _SIGNATURES:
-        if head[offset : offset + len(magic)] == magic:
+    for magic, name, family in _SIGNATURES:
+        if head.startswith(magic):
             return name, family
     if head and _looks_like_text(head):
         return "text", "other"
@@ -82,7 +82,7 @@ def read_head(path: str | Path, error: type[ImageLoadError] = ImageLoadError) ->
                         ErrorKind.BROKEN_LINK) from None
         raise error(source, "file not found", ErrorKind.MISSING) from None
     except OSError as err:
-        raise os_error(source, err, error) from None
+        raise _os_error(source, err, error) from None
     if stat.S_ISDIR(info.st_mode):
         raise error(source, "a folder, not a file", ErrorKind.NOT_A_FILE)
     if not stat.S_ISREG(info.st_mode):  # never open a pipe or a device: reading one can block for ever
@@ -93,10 +93,10 @@ def read_head(path: str | Path, error: type[ImageLoadError] = ImageLoadError) ->
         with open(path, "rb") as handle:
             return handle.read(HEAD_BYTES)
     except OSError as err:
-        raise os_error(source, err, error) from None
+        raise _os_error(source, err, error) from None
 
 
-def os_error(source: str, err: OSError, error: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
+def _os_error(source: str, err: OSError, error: type[ImageLoadError] = ImageLoadError) -> ImageLoadError:
     """An operating-system error while opening or reading ``source``, said in words, with its kind."""
     code = err.errno
     if code == errno.ELOOP:

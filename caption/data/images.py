@@ -21,6 +21,7 @@ ImageInput = str | Path | Image.Image | np.ndarray
 MAX_IMAGE_PIXELS = 100_000_000
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_DAMAGED_EXIF = "Corrupt EXIF data"  # Pillow's warning; such a photo is used as stored, without its rotation
 
 
 def describe(item: ImageInput) -> str:
@@ -120,8 +121,8 @@ def _from_array(array: np.ndarray, source: str) -> Image.Image:
 def _upright(image: Image.Image) -> Image.Image:
     """EXIF rotation applied; a photo whose EXIF block is damaged is used as stored rather than refused."""
     try:
-        with warnings.catch_warnings():  # Pillow warns of a damaged EXIF block; we use the photo as stored
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _DAMAGED_EXIF, UserWarning)
             return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - any failure in the EXIF block only loses the rotation
         return image
@@ -160,7 +161,7 @@ def _load_file(path: Path, source: str, draft_size: int | None, max_pixels: int)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # it only loses the rotation
+            warnings.filterwarnings("ignore", _DAMAGED_EXIF, UserWarning)
             with Image.open(path) as opened:
                 _check_pixels(opened.size, source, max_pixels)
                 if draft_size and opened.format == "JPEG":

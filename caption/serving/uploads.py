@@ -41,7 +41,6 @@ class UploadJanitor:
         self._in_use: Counter[str] = Counter()
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.deleted = 0  # files deleted so far
         interval = sweep_every if sweep_every is not None else min(30.0, max(1.0, keep_seconds / 2))
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_every, args=(interval,), name="upload-janitor", daemon=True)
@@ -93,9 +92,7 @@ class UploadJanitor:
                     logger.debug("deleted the upload %s: %s", path, "unused for long" if expired else "over budget")
                     total -= size
                     deleted += 1
-            deleted += self._sweep_outputs(now)
-            self.deleted += deleted
-            return deleted
+            return deleted + self._sweep_outputs(now)
 
     def _sweep_outputs(self, now: float) -> int:
         deleted = 0

@@ -37,7 +37,6 @@ from caption.settings import DecodingLimits
 
 logger = logging.getLogger("caption.web")
 
-UNCLAIMED_SECONDS = 60.0  # an upload no request has used yet is kept at least this long (its request may be queued)
 PREVIEW_SIZE = 768  # the page's copy of a photo: JPEGs decode straight to about this size (draft mode)
 
 
@@ -249,6 +248,5 @@ def build_app(service: CaptionService, examples: list[str] | None = None, title:
             api_visibility="private", concurrency_limit=4,
         )
     service.janitor = UploadJanitor(app.upload_file_set, limits.keep_uploads_seconds,
-                                    int(limits.uploads_budget_mb * 2**20), unclaimed_seconds=UNCLAIMED_SECONDS,
-                                    outputs=app.temp_file_sets)
+                                    int(limits.uploads_budget_mb * 2**20), outputs=app.temp_file_sets)
     return app

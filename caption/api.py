@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from caption.data.images import ImageInput, ImageTransform, describe
+from caption.config import DecodingConfig
+from caption.data.images import ImageInput, describe
 from caption.data.video import MAX_VIDEO_SECONDS, Frames, detect_scenes, is_video, read_frames
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import Hypothesis
+from caption.decoding.generate import Generator
 from caption.errors import ErrorKind, ImageLoadError, VideoLoadError
 from caption.features.batching import iter_image_batches
 from caption.models.captioner import CaptionModel
-from caption.models.io import is_model_dir, load_model
+from caption.models.io import is_model_dir, load_model, resolve_run_dir
 from caption.settings import DecodingLimits, decoding_settings, video_sampling
-from caption.utils.runtime import cuda_autocast
 
 logger = logging.getLogger("caption.api")
 
@@ -75,8 +76,6 @@ class CaptionResult:
 
 def resolve_model(name_or_path: str | Path = DEFAULT_MODEL) -> Path:
     """A model directory, a training run (its best checkpoint), or the name of a shipped model."""
-    from caption.training.checkpoint import resolve_run_dir
-
     path = Path(name_or_path)
     if path.exists():
         return resolve_run_dir(path)
@@ -106,18 +105,17 @@ class Captioner:
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.meta = meta or {}
+        self.generator = Generator(self.model, vocab, self.device)
+        self.transform = self.generator.transform
         cfg = model.encoder_cfg
-        self.transform = ImageTransform(cfg.image_size, cfg.mean, cfg.std)
         self.grid = (cfg.grid_size, cfg.grid_size)
         self.path: Path | None = None  # the model directory, when loaded from one
         # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length normalisation.
-        self.decoding = {"beam_size": 3, "max_length": vocab.max_length, "length_penalty": 1.0,
-                         **self.meta.get("decoding", {})}
-        # Frames per video: one per temporal position of a video model; 8 for an image model used zero-shot.
-        self.num_frames = model.decoder_cfg.temporal_positions or 8
+        self.decoding = DecodingConfig(**{"max_length": vocab.max_length, **self.meta.get("decoding", {})})
+        self.num_frames = self.generator.frames_per_video
 
     def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None,
-                         limits: DecodingLimits | None = None) -> dict[str, Any]:
+                         limits: DecodingLimits | None = None) -> DecodingConfig:
         """The decoding settings to use: the arguments given, the model's defaults for the rest. A value out of
         range (or beyond ``limits``) raises ``ParameterError`` naming it."""
         return decoding_settings(self.decoding, beam_size, max_length, length_penalty, limits)
@@ -130,31 +128,21 @@ class Captioner:
         captioner.path = directory
         return captioner
 
-    def _autocast(self):
-        return cuda_autocast(self.device)
-
-    @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S), already normalised, to features (B, N, C) in fp32."""
-        with self._autocast():
-            return self.model.encode(images.to(self.device, non_blocking=True)).float()  # (B, N, C)
+        return self.generator.encode(images)
 
-    @torch.inference_mode()
     def caption_memory(
         self,
         memory: torch.Tensor,
         mask: torch.Tensor | None = None,
         *,
         sources: Sequence[str] | None = None,
-        beam_size: int | None = None,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
+        decoding: DecodingConfig | None = None,
     ) -> list[CaptionResult]:
-        """Caption precomputed features (B, N, C): all items and all beams in one batched search."""
-        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
-        with self._autocast():
-            hypotheses = self.model.generate(memory.to(self.device), None if mask is None else mask.to(self.device),
-                                             **settings)
+        """Caption precomputed features (B, N, C): all items and all beams in one batched search
+        (``decoding``: see ``resolve_decoding``; None: the model's defaults)."""
+        hypotheses = self.generator.hypotheses(memory, mask, decoding or self.decoding)
         sources = sources or [f"item {i}" for i in range(len(hypotheses))]
         return [self._result(source, beams) for source, beams in zip(sources, hypotheses)]
 
@@ -185,22 +173,19 @@ class Captioner:
         every_seconds: float | None = None,
         scenes: bool = False,
         max_seconds: float = MAX_VIDEO_SECONDS,
-        beam_size: int | None = None,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
+        decoding: DecodingConfig | None = None,
     ) -> list[CaptionResult]:
         """Caption a video from ``num_frames`` frames (default: the model's) or one every ``every_seconds``;
         with ``scenes``, one caption per scene (see ``detect_scenes``), else one for the whole video.
         An image model attends over the union of the frames' grid cells (zero-shot); a video model also
         knows each cell's frame. Raises ``VideoLoadError`` naming the file."""
         sampling = video_sampling(num_frames, every_seconds)
-        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
         spans = detect_scenes(path, max_seconds=max_seconds) if scenes else [(0.0, None)]
         results = []
         for start, end in spans:
             frames = read_frames(path, sampling["num_frames"] or self.num_frames, sampling["every_seconds"],
                                  start=start, end=end, max_seconds=max_seconds)
-            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], **settings)
+            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], decoding=decoding)
             result.times = frames.times
             if scenes:
                 result.segment = (start, end)
@@ -211,9 +196,7 @@ class Captioner:
         self,
         inputs: Sequence[ImageInput],
         *,
-        beam_size: int | None = None,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
+        decoding: DecodingConfig | None = None,
         batch_size: int = 16,
         num_workers: int | None = None,
         num_frames: int | None = None,
@@ -224,7 +207,7 @@ class Captioner:
         in batches, a video is one batch of its frames (``num_frames`` or one every ``every_seconds``).
         Unreadable inputs yield a result with ``error`` set instead of stopping the others. Settings are
         checked before anything is read: a bad one raises ``ParameterError``."""
-        settings = self.resolve_decoding(beam_size, max_length, length_penalty)
+        settings = decoding or self.decoding
         video = {**video_sampling(num_frames, every_seconds), "max_seconds": max_video_seconds}
         image_positions = [i for i, item in enumerate(inputs) if not is_video(item)]
         image_results = self._iter_image_captions([inputs[i] for i in image_positions], settings, batch_size,
@@ -240,9 +223,9 @@ class Captioner:
                     ready[next(next_image)] = result
             yield ready.pop(position)
 
-    def _caption_one_video(self, item: str | Path, video: dict, settings: dict) -> CaptionResult:
+    def _caption_one_video(self, item: str | Path, video: dict, decoding: DecodingConfig) -> CaptionResult:
         try:
-            return self.caption_video(item, **video, **settings)[0]
+            return self.caption_video(item, **video, decoding=decoding)[0]
         except ImageLoadError as err:
             return CaptionResult.failed(err)
         except Exception as err:  # noqa: BLE001 - an unforeseen failure on one file must not stop the others
@@ -250,7 +233,7 @@ class Captioner:
             return CaptionResult.failed(VideoLoadError(str(item), f"captioning it failed ({type(err).__name__}: "
                                                                   f"{err})", ErrorKind.SERVER))
 
-    def _iter_image_captions(self, images: Sequence[ImageInput], settings: dict, batch_size: int,
+    def _iter_image_captions(self, images: Sequence[ImageInput], decoding: DecodingConfig, batch_size: int,
                              num_workers: int | None) -> Iterator[list[CaptionResult]]:
         """One list of results per batch of ``images``, in order."""
         batches = iter_image_batches(
@@ -261,7 +244,7 @@ class Captioner:
             if tensors is not None:
                 memory = self.encode(tensors)  # (B, N, C)
                 sources = [describe(images[i]) for i in indices]
-                results.update(zip(indices, self.caption_memory(memory, sources=sources, **settings)))
+                results.update(zip(indices, self.caption_memory(memory, sources=sources, decoding=decoding)))
             yield [results[i] for i in sorted(results)]
 
     def caption(
@@ -287,7 +270,7 @@ class Captioner:
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         results = list(self.iter_captions(
-            items, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
+            items, decoding=self.resolve_decoding(beam_size, max_length, length_penalty),
             batch_size=batch_size, num_workers=num_workers, num_frames=num_frames, every_seconds=every_seconds,
         ))
         if not skip_errors:

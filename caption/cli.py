@@ -70,11 +70,13 @@ def _predict(args: argparse.Namespace) -> int:
     from caption.api import Captioner
 
     captioner = Captioner.load(args.model, device=args.device)
-    decoding = {"beam_size": args.beam_size, "max_length": args.max_length, "length_penalty": args.length_penalty}
+    decoding = captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty)
     if args.format in ("vtt", "srt") or args.scenes:
         return _predict_scenes(captioner, args, decoding)
     results = captioner.caption(list(args.images), batch_size=args.batch_size, num_workers=args.workers,
-                                num_frames=args.frames, every_seconds=args.every, skip_errors=True, **decoding)
+                                num_frames=args.frames, every_seconds=args.every, skip_errors=True,
+                                beam_size=decoding.beam_size, max_length=decoding.max_length,
+                                length_penalty=decoding.length_penalty)
     failed = [r for r in results if not r.ok]
     if args.format == "json":
         print(json.dumps([r.to_dict(attention=args.attention) for r in results], indent=2))
@@ -89,7 +91,7 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _predict_scenes(captioner, args: argparse.Namespace, decoding: dict) -> int:
+def _predict_scenes(captioner, args: argparse.Namespace, decoding) -> int:
     """One caption per scene of one video: as subtitles (vtt, srt), JSON, or text lines."""
     from caption.errors import ImageLoadError
     from caption.serving.subtitles import to_srt, to_webvtt
@@ -98,7 +100,7 @@ def _predict_scenes(captioner, args: argparse.Namespace, decoding: dict) -> int:
         raise ValueError("scene captions and subtitles take one video at a time")
     try:
         scenes = captioner.caption_video(args.images[0], num_frames=args.frames, every_seconds=args.every,
-                                         scenes=True, **decoding)
+                                         scenes=True, decoding=decoding)
     except ImageLoadError as err:  # the one input could not be captioned: as for any other input, exit 1
         print(f"error: {err}", file=sys.stderr)
         return EXIT_SOME_FAILED
@@ -125,8 +127,8 @@ def _batch(args: argparse.Namespace) -> int:
     captioner = Captioner.load(args.model, device=args.device)
     summary = caption_files(
         captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
-        batch_size=args.batch_size, num_workers=args.workers, beam_size=args.beam_size, max_length=args.max_length,
-        length_penalty=args.length_penalty, progress=not args.no_progress,
+        batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+        decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
     )
     print(summary.report(found), end="", file=sys.stderr)
     print(f"wrote {summary.output}", file=sys.stderr)
@@ -141,9 +143,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise SystemExit("caption evaluate: give either --results FILE, or --images DIR (with --model)")
     captioner = Captioner.load(args.model, device=args.device) if args.images else None
     report = evaluate(
-        args.annotations, args.out, captioner=captioner, images=args.images, results_file=args.results,
-        metrics=args.metrics, beam_size=args.beam_size, max_length=args.max_length,
-        length_penalty=args.length_penalty, batch_size=args.batch_size, num_workers=args.workers,
+        args.annotations, args.out, generator=captioner and captioner.generator, images=args.images,
+        results_file=args.results, metrics=args.metrics, batch_size=args.batch_size, num_workers=args.workers,
+        decoding=captioner and captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
         max_images=args.max_images,
     )
     for name, value in report["scores"].items():

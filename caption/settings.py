@@ -8,11 +8,13 @@ numbers or numeric strings (what a web client sends); ``None`` means "the defaul
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from caption.config import DecodingConfig
 from caption.errors import ParameterError
 
 
@@ -55,15 +57,16 @@ def non_negative(name: str, value: Any, default: float) -> float:
     return number
 
 
-def decoding_settings(defaults: dict[str, Any], beam_size: Any = None, max_length: Any = None,
-                      length_penalty: Any = None, limits: DecodingLimits | None = None) -> dict[str, Any]:
-    """``{"beam_size", "max_length", "length_penalty"}``: the values given, ``defaults`` for the rest."""
+def decoding_settings(defaults: DecodingConfig, beam_size: Any = None, max_length: Any = None,
+                      length_penalty: Any = None, limits: DecodingLimits | None = None) -> DecodingConfig:
+    """``defaults`` with the values given (None: keep the default), each checked."""
     limits = limits or DecodingLimits()
-    return {
-        "beam_size": whole_number("beam size", beam_size, defaults["beam_size"], 1, limits.max_beam_size),
-        "max_length": whole_number("maximum length", max_length, defaults["max_length"], 1, limits.max_length),
-        "length_penalty": non_negative("length penalty", length_penalty, defaults["length_penalty"]),
-    }
+    return dataclasses.replace(
+        defaults,
+        beam_size=whole_number("beam size", beam_size, defaults.beam_size, 1, limits.max_beam_size),
+        max_length=whole_number("maximum length", max_length, defaults.max_length, 1, limits.max_length),
+        length_penalty=non_negative("length penalty", length_penalty, defaults.length_penalty),
+    )
 
 
 MAX_FRAMES = 256  # frames sampled from one video: the decoder attends over frames x cells at once

@@ -1,10 +1,13 @@
 """Decoder-training throughput: cached features (ours) against re-encoding every image for every
-caption (the reference tutorial's way), measured in the same run, each case in its own process.
+caption (the reference tutorial's way), and self-critical training (SCST) against cross-entropy on the
+same model and images; measured in the same run, each case in its own process.
 
     python scripts/bench_train.py [--steps 15] [--device auto]
 
 Captions are the real Flickr8k train captions ($CAPTION_DATA, default ../shared/data) and the baseline
 reads the real photos; the cached case reads an fp16 memory-mapped feature file, as training does.
+The SCST rows and their cross-entropy reference fine-tune the shipped model on real features of 256
+train photos (a trained model samples captions of realistic length; a fresh one rambles to max length).
 On CUDA it adds bf16 and fp16 mixed precision and a larger batch.
 """
 
@@ -22,16 +25,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import DATA, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
+from _bench_common import DATA, REPO, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
-from caption.config import DecoderConfig, EncoderConfig  # noqa: E402
+from caption.config import DecoderConfig, EncoderConfig, ScstConfig  # noqa: E402
 from caption.data.coco import read_caption_set  # noqa: E402
 from caption.data.convert import convert_flickr8k  # noqa: E402
-from caption.data.datasets import collate_items  # noqa: E402
+from caption.data.datasets import collate_items, image_captions  # noqa: E402
 from caption.data.images import ImageTransform  # noqa: E402
 from caption.data.vocab import Vocabulary  # noqa: E402
+from caption.features.batching import iter_image_batches  # noqa: E402
 from caption.features.encoder import ImageEncoder  # noqa: E402
-from caption.models.decoder import AttentionLSTMDecoder, caption_loss  # noqa: E402
+from caption.models.io import load_model  # noqa: E402
+from caption.models.sat import AttentionLSTMDecoder  # noqa: E402
+from caption.training.losses import caption_loss  # noqa: E402
+from caption.training.scst import SelfCritical  # noqa: E402
 
 REFERENCE_CAPTIONS_PER_S = 8.4  # ../shared/ANCHORS.md: the tutorial implementation on this machine kind
 CASES = {
@@ -41,6 +48,13 @@ CASES = {
     "ours: cached features, 16 images, bf16 autocast": ("cached", 16, "bf16"),
     "ours: cached features, 16 images, fp16 + grad scaler": ("cached", 16, "fp16"),
     "ours: cached features, 64 images, bf16 autocast": ("cached", 64, "bf16"),
+}
+# Fine-tuning the shipped model on real features: cross-entropy (the reference row) against SCST.
+SCST_CASES = {
+    "shipped model, cross-entropy, 16 images": ("xent", 16, "fp32"),
+    "shipped model, SCST 5 samples, mean baseline, 16 images": ("mean", 16, "fp32"),
+    "shipped model, SCST 5 samples, greedy baseline, 16 images": ("greedy", 16, "fp32"),
+    "shipped model, SCST 5 samples, mean baseline, 64 images, bf16": ("mean", 64, "bf16"),
 }
 
 
@@ -120,12 +134,68 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
     return {"case": name, "captions_per_s": captions / elapsed, "peak_mb": peak_memory_mb(device), "steps": steps}
 
 
+def run_scst_case(name: str, steps: int, device: torch.device) -> dict:
+    objective, batch, precision = SCST_CASES[name]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model, vocab, _ = load_model(REPO / "models" / "flickr8k-lite0", device)
+    split, _, _ = load_items(256)
+    items = image_captions(split, vocab)
+    features = torch.cat([model.encode(images.to(device)).float().detach()
+                          for _, images, _ in iter_image_batches([str(p) for p in split.paths()], ImageTransform(
+                              224, model.encoder_cfg.mean, model.encoder_cfg.std), device=device, batch_size=64)])
+    dtype = {"bf16": torch.bfloat16}.get(precision)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    scst = SelfCritical(model, model, vocab, ScstConfig(baseline=objective if objective != "xent" else "mean"),
+                        [captions for _, captions in items], autocast)
+    model.train(objective == "xent")  # as the trainer: SCST samples and re-scores without dropout
+    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=5e-5, weight_decay=0)
+    totals = {"reward_time_s": 0.0, "sampled": 0}
+
+    def step() -> None:
+        rows = rng.choice(len(items), size=batch, replace=False)
+        inputs, captions, index = collate_items([(features[items[r][0]], items[r][1]) for r in rows])
+        inputs, captions, index = inputs.to(device), captions.to(device), index.to(device)
+        if objective == "xent":
+            with autocast():
+                logits, alphas = model(inputs, captions, index)
+            loss, _ = caption_loss(logits, alphas, captions)
+        else:
+            loss, stats = scst.loss(inputs, captions, index)
+            totals["reward_time_s"] += stats["reward_time_s"]
+            totals["sampled"] += stats["captions"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 5.0)
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    totals.update(reward_time_s=0.0, sampled=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {"case": name, "images_per_s": batch * steps / elapsed,
+            "sampled_per_s": totals["sampled"] / elapsed if totals["sampled"] else "-",
+            "reward_share": f"{totals['reward_time_s'] / elapsed:.1%}" if totals["sampled"] else "-",
+            "peak_mb": peak_memory_mb(device), "steps": steps}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per case")
     args, device = parse_bench_args(parser)
     if args.case:
-        print(json.dumps(run_case(args.case, args.steps, device)))
+        runner = run_scst_case if args.case in SCST_CASES else run_case
+        print(json.dumps(runner(args.case, args.steps, device)))
         return 0
     if not (DATA / "flickr8k" / "Flickr8k.token.txt").is_file():
         print(f"needs the Flickr8k captions and photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
@@ -141,6 +211,17 @@ def main() -> int:
         f"{REFERENCE_CAPTIONS_PER_S} captions/s from ANCHORS.md",
         rows, [("case", "case"), ("captions/s", "captions_per_s"), ("peak memory MB", "peak_mb"),
                ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")],
+    )
+    names = [n for n, (_, _, precision) in SCST_CASES.items() if device.type == "cuda" or precision == "fp32"]
+    rows = [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
+    base = rows[0]["images_per_s"]
+    for row in rows:
+        row["vs_xent"] = f"{row['images_per_s'] / base:.2f}x"
+    print_table(
+        f"Self-critical training against cross-entropy on {device} ({machine()}): the shipped model, real "
+        "features; SCST samples 5 captions per image (max 16 words) and re-scores them with teacher forcing",
+        rows, [("case", "case"), ("images/s", "images_per_s"), ("captions sampled/s", "sampled_per_s"),
+               ("reward time share", "reward_share"), ("peak memory MB", "peak_mb"), ("vs cross-entropy", "vs_xent")],
     )
     return 0
 

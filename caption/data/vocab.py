@@ -23,6 +23,16 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_PATTERN.findall(text.lower())
 
 
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids decoding needs: where a caption starts and ends, and what it may never say."""
+
+    pad: int
+    bos: int
+    eos: int
+    banned: tuple[int, ...]  # never emitted: <pad>, <bos> and <unk> (a caption never says "<unk>")
+
+
 @dataclass
 class Vocabulary:
     """Word <-> id mapping with ``<pad>``=0, ``<bos>``=1, ``<eos>``=2, ``<unk>``=3."""
@@ -45,6 +55,10 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    @property
+    def special(self) -> SpecialTokens:
+        return SpecialTokens(self.pad_id, self.bos_id, self.eos_id, (self.pad_id, self.bos_id, self.unk_id))
 
     @classmethod
     def build(cls, captions: Iterable[str], min_count: int = 5, max_length: int = 20) -> Vocabulary:

@@ -1,4 +1,4 @@
-"""Beam search for the attention decoder, batched across items.
+"""Beam search for any ``Decoder``, batched across items.
 
 All beams of all items live in one (B * K) batch: one decoder step per word for the whole batch, with
 no Python loop over items. An item whose beams have all ended leaves the batch, so a batch costs what its
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from caption.data.vocab import Vocabulary
-from caption.models.decoder import AttentionLSTMDecoder, Parents
+from caption.config import DecodingConfig
+from caption.data.vocab import SpecialTokens
+from caption.models.base import Decoder, Parents
 
 
 @dataclass
@@ -26,44 +27,39 @@ class Hypothesis:
 
 @torch.no_grad()
 def beam_search(
-    decoder: AttentionLSTMDecoder,
-    memory: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    beam_size: int = 3,
-    max_length: int = 20,
-    length_penalty: float = 1.0,
-    bos_id: int = Vocabulary.bos_id,
-    eos_id: int = Vocabulary.eos_id,
-    banned_ids: tuple[int, ...] = (Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id),
+    decoder: Decoder,
+    features: torch.Tensor,
+    mask: torch.Tensor | None,
+    decoding: DecodingConfig,
+    special: SpecialTokens,
 ) -> list[list[Hypothesis]]:
-    """Decode ``memory`` (B, N, C); returns, per item, ``beam_size`` hypotheses best first.
+    """Decode ``features`` (B, N, C); returns, per item, ``decoding.beam_size`` hypotheses best first.
 
     Hypotheses are ranked by log-probability divided by length ** ``length_penalty`` (0 turns length
     normalisation off). A caption has at most ``max_length`` words; a beam still open then is ended.
-    ``banned_ids`` are never emitted (by default <pad>, <bos> and <unk>: a caption never says "<unk>").
+    ``special.banned`` are never emitted.
     """
-    B, N, _ = memory.shape
-    K = beam_size
+    B, N, _ = features.shape
+    K, max_length, length_penalty = decoding.beam_size, decoding.max_length, decoding.length_penalty
     V = decoder.vocab_size
-    device = memory.device
+    device = features.device
+    eos_id = special.eos
 
-    memory = decoder.add_time(memory)  # (B, N, C): video models know each cell's frame
-    projected, (h, c) = decoder.start_decoding(memory, mask)  # (B, N, A), (B, H) x2
-    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)  # (B*K,)
+    memory, state = decoder.init_state(features, mask)  # (B, ...): one initial state per item
+    tokens = torch.full((B * K,), special.bos, dtype=torch.long, device=device)  # (B*K,)
     items = torch.arange(B, device=device)  # (B,)
     # The K beams of an item all start from its one initial state.
     parents = Parents(rows=items, items=items, slots=torch.zeros_like(items), of_beam=items.repeat_interleave(K))
 
     # State of the b items still decoding; `items` (b,) names them. An item leaves the batch once all of
-    # its beams have ended, and its final scores move to the (B, K) tensors below. (h, c) stay as the last
-    # step left them: `parents` picks the rows that beams extend.
+    # its beams have ended, and its final scores move to the (B, K) tensors below. The state stays as the
+    # last step left it: `parents` picks the rows that beams extend.
     log_probs = torch.zeros(B, K, device=device)  # (b, K)
     log_probs[:, 1:] = float("-inf")  # all beams start identical: keep one
     lengths = torch.zeros(B, K, device=device)  # (b, K) tokens emitted, <eos> included
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (b, K)
     final_log_probs, final_lengths = log_probs.clone(), lengths.clone()  # (B, K) each
-    banned = torch.tensor(banned_ids, dtype=torch.long, device=device)  # (n_banned,)
+    banned = torch.tensor(special.banned, dtype=torch.long, device=device)  # (n_banned,)
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
     done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
@@ -75,7 +71,7 @@ def beam_search(
 
     for t in range(max_length + 1):
         b = len(items)
-        logits, (h, c), alpha = decoder.decode_step(tokens, (h, c), parents, memory, projected, mask)  # alpha (P, N)
+        logits, state, alpha = decoder.beam_step(tokens, state, parents, memory)  # (b*K, V), ..., (b*K, N)
         logits = logits.float().index_fill_(1, banned, float("-inf"))  # (b*K, V)
         step = torch.log_softmax(logits, dim=-1).view(b, K, V)  # (b, K, V)
         if t == 0:  # a caption has at least one word
@@ -98,7 +94,7 @@ def beam_search(
         tokens = word.view(-1)  # (b*K,)
         back.append(parent)
         words.append(word)
-        alphas.append(alpha[parents.of_beam[rows]].view(b, K, N).float())  # (b, K, N) where each new beam's word looked
+        alphas.append(alpha.index_select(0, rows).view(b, K, N).float())  # (b, K, N) where each new beam's word looked
         step_items.append(items)
 
         decoding = ~finished.all(dim=1)  # (b,)
@@ -111,8 +107,7 @@ def beam_search(
             keep = decoding.nonzero().squeeze(1)  # (b',)
             keep_rows = (keep.unsqueeze(1) * K + beam_ids).view(-1)  # (b'*K,)
             items = items[keep]  # (b',)
-            memory, projected = memory.index_select(0, keep), projected.index_select(0, keep)  # (b', N, C), (b', N, A)
-            mask = mask[keep] if mask is not None else None  # (b', N)
+            memory = memory.select(keep)  # (b', ...)
             log_probs, lengths, finished = log_probs[keep], lengths[keep], finished[keep]  # (b', K) each
             rows, tokens = rows[keep_rows], tokens[keep_rows]  # (b'*K,) each
         # Only open beams go on; a finished one's step is discarded, so it may point at any parent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -9,51 +10,56 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from caption.api import Captioner
+from caption.config import DecodingConfig
 from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
+from caption.data.video import VideoTransform, is_video
+from caption.decoding.generate import Generator
 from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
+from caption.features.batching import iter_image_batches
 from caption.features.cache import CachedFeatures
 from caption.utils.io import atomic_write_json, read_json
 
 
 def predict_split(
-    captioner: Captioner,
+    generator: Generator,
     captions: CaptionSet,
+    decoding: DecodingConfig,
     *,
     features: CachedFeatures | None = None,
-    beam_size: int | None = None,
-    max_length: int | None = None,
-    length_penalty: float | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[int, str], dict[str, str]]:
-    """Caption every image of a split; returns ({image_id: caption}, {file: error} for unreadable ones)."""
+    """Caption every image of a split (from cached ``features`` when given); returns ({image_id: caption},
+    {file: error} for unreadable ones)."""
     predictions: dict[int, str] = {}
     errors: dict[str, str] = {}
     bar = tqdm(total=len(captions), desc="captioning", unit="img", disable=not progress, dynamic_ncols=True)
+
+    def write(rows: list[int], memory: torch.Tensor) -> None:
+        for row, text in zip(rows, generator.captions(memory, None, decoding)):
+            predictions[captions.image_ids[row]] = text
+        bar.update(len(rows))
+
     if features is not None:
         rows = [i for i in range(len(captions)) if features.valid[i]]
         errors.update(features.errors)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            memory = torch.from_numpy(np.asarray(features.features[chunk], dtype=np.float32))  # (B, N, C)
-            results = captioner.caption_memory(memory, beam_size=beam_size, max_length=max_length,
-                                               length_penalty=length_penalty)
-            for row, result in zip(chunk, results):
-                predictions[captions.image_ids[row]] = result.text
-            bar.update(len(chunk))
+            write(chunk, torch.from_numpy(np.asarray(features.features[chunk], dtype=np.float32)))  # (B, N, C)
         bar.update(len(captions) - len(rows))
     else:
         paths = [str(p) for p in captions.paths()]
-        results = captioner.iter_captions(paths, beam_size=beam_size, max_length=max_length,
-                                          length_penalty=length_penalty, batch_size=batch_size, num_workers=num_workers)
-        for image_id, path, result in zip(captions.image_ids, paths, results):
-            if result.ok:
-                predictions[image_id] = result.text
-            else:
-                errors[path] = result.error
-            bar.update(1)
+        transform = generator.transform
+        if any(is_video(path) for path in paths):
+            transform = VideoTransform(transform, generator.frames_per_video)
+        batches = iter_image_batches(paths, transform, device=generator.device, batch_size=batch_size,
+                                     num_workers=num_workers)
+        for indices, images, failed in batches:
+            errors.update({paths[i]: err.reason for i, err in failed.items()})
+            bar.update(len(failed))
+            if images is not None:
+                write(list(indices), generator.encode(images))  # (B, N, C)
     bar.close()
     return predictions, errors
 
@@ -90,13 +96,11 @@ def evaluate(
     annotations: str | Path,
     out_dir: str | Path,
     *,
-    captioner: Captioner | None = None,
+    generator: Generator | None = None,
+    decoding: DecodingConfig | None = None,
     images: str | Path | None = None,
     results_file: str | Path | None = None,
     metrics: Iterable[str] = METRIC_NAMES,
-    beam_size: int | None = None,
-    max_length: int | None = None,
-    length_penalty: float | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
     max_images: int = 0,
@@ -108,15 +112,12 @@ def evaluate(
     if results_file is not None:
         predictions = read_results(results_file)
     else:
-        if captioner is None or images is None:
-            raise ValueError("evaluate needs either a results file or a model and an image folder")
+        if generator is None or decoding is None or images is None:
+            raise ValueError("evaluate needs either a results file, or a model, its decoding settings and an image folder")
         split = read_caption_set(annotations, images)
         if max_images:
             split = split.subset(list(range(min(max_images, len(split)))))
-        predictions, errors = predict_split(
-            captioner, split, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
-            batch_size=batch_size, num_workers=num_workers,
-        )
+        predictions, errors = predict_split(generator, split, decoding, batch_size=batch_size, num_workers=num_workers)
         atomic_write_json(out_dir / "results.json", results_list(predictions))
     scores, _, skipped = compute_metrics(refs, predictions, metrics)
     report = {
@@ -129,6 +130,6 @@ def evaluate(
     if results_file is not None:
         report["results"] = str(results_file)
     else:
-        report["decoding"] = captioner.resolve_decoding(beam_size, max_length, length_penalty)
+        report["decoding"] = dataclasses.asdict(decoding)
     atomic_write_json(out_dir / "metrics.json", report)
     return report

@@ -12,9 +12,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from caption.config import METRIC_NAMES
+from caption.config import score_names as score_names  # defined with the config that validates against it
 from caption.utils.logging import logger
 
-METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 # What pycocoevalcap's tokenizer strips after PTB tokenisation (copied from its ptbtokenizer.py).
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -22,14 +23,6 @@ SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-mode
 
 class MetricError(RuntimeError):
     """A scorer could not run; the message says why and what to do."""
-
-
-def score_names(metrics: Iterable[str]) -> list[str]:
-    """The keys of the scores dict for the requested metrics ("BLEU" gives Bleu_1 .. Bleu_4)."""
-    names = []
-    for metric in metrics:
-        names.extend([f"Bleu_{n}" for n in range(1, 5)] if metric == "BLEU" else [metric])
-    return names
 
 
 def check_java() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -25,28 +26,29 @@ CACHE_FORMAT = 1
 
 
 def resolve_encoder_config(cfg: EncoderConfig) -> EncoderConfig:
-    """Fill in what the weights imply (``mean``, ``std``, ``bn_eps``) where the config leaves it empty.
+    """A copy of ``cfg`` with what the weights imply (``mean``, ``std``, ``bn_eps``) filled in where it is
+    left empty; ``cfg`` itself is not changed.
 
     The resolved values are saved with every checkpoint, so a model loads without its original weights file.
     """
-    lite = uses_lite_normalisation(cfg.weights)
-    if lite:
+    bn_eps = cfg.bn_eps
+    if uses_lite_normalisation(cfg.weights):
         mean, std = LITE0_MEAN, LITE0_STD
-        cfg.bn_eps = cfg.bn_eps or LITE0_BN_EPS
+        bn_eps = bn_eps or LITE0_BN_EPS
     else:
         pretrained = timm.models.get_pretrained_cfg(cfg.name)
         mean = getattr(pretrained, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
         std = getattr(pretrained, "std", None) or timm.data.IMAGENET_DEFAULT_STD
-    cfg.mean = cfg.mean or [float(m) for m in mean]
-    cfg.std = cfg.std or [float(s) for s in std]
-    return cfg
+    return dataclasses.replace(
+        cfg, bn_eps=bn_eps, mean=[float(m) for m in cfg.mean or mean], std=[float(s) for s in cfg.std or std]
+    )
 
 
 class ImageEncoder(nn.Module):
     """A timm backbone whose last feature map is pooled to a ``grid_size`` x ``grid_size`` set of vectors.
 
     ``load_weights=False`` builds the architecture only, from an already resolved config, for when a
-    checkpoint supplies the weights.
+    checkpoint supplies the weights. ``self.cfg`` is the encoder's own (resolved) copy of ``cfg``.
     """
 
     def __init__(self, cfg: EncoderConfig, load_weights: bool = True):
@@ -55,6 +57,8 @@ class ImageEncoder(nn.Module):
             cfg = resolve_encoder_config(cfg)
         elif not (cfg.mean and cfg.std):
             raise ValueError("an encoder built without its weights needs a resolved config (mean and std)")
+        else:
+            cfg = dataclasses.replace(cfg, mean=list(cfg.mean), std=list(cfg.std))
         self.cfg = cfg
         self.backbone = timm.create_model(cfg.name, pretrained=load_weights and cfg.weights == "timm", num_classes=0)
         if cfg.bn_eps:

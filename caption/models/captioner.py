@@ -1,4 +1,4 @@
-"""The captioning model: a timm image encoder feeding the attention LSTM decoder."""
+"""The captioning model: a timm image encoder, the memory's position embeddings and a decoder."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import torch
 from torch import nn
 
 from caption.config import DecoderConfig, EncoderConfig
-from caption.decoding.beam import Hypothesis, beam_search
 from caption.features.encoder import ImageEncoder
-from caption.models.decoder import AttentionLSTMDecoder
+from caption.models.base import DecoderBase
+from caption.models.positions import MemoryPositions
+from caption.models.sat import AttentionLSTMDecoder
+from caption.models.updown import UpDownDecoder
+
+DECODERS: dict[str, type[DecoderBase]] = {"sat": AttentionLSTMDecoder, "updown": UpDownDecoder}
+
+
+def build_decoder(vocab_size: int, feature_dim: int, cfg: DecoderConfig) -> DecoderBase:
+    """The decoder ``cfg.type`` names ("sat": Show, Attend and Tell; "updown": Anderson et al.'s top-down)."""
+    return DECODERS[cfg.type](vocab_size, feature_dim, cfg)
 
 
 class CaptionModel(nn.Module):
@@ -16,8 +25,8 @@ class CaptionModel(nn.Module):
                  load_encoder_weights: bool = True):
         super().__init__()
         self.encoder = ImageEncoder(encoder_cfg, load_weights=load_encoder_weights)
-        self.decoder = AttentionLSTMDecoder(vocab_size, self.encoder.feature_dim, decoder_cfg,
-                                            cells_per_frame=self.encoder.num_positions)
+        self.positions = MemoryPositions(self.encoder.feature_dim, self.encoder.num_positions, decoder_cfg)
+        self.decoder = build_decoder(vocab_size, self.encoder.feature_dim, decoder_cfg)
         self.decoder_cfg = decoder_cfg
 
     @property
@@ -32,19 +41,15 @@ class CaptionModel(nn.Module):
             return features.reshape(B, F * features.shape[1], features.shape[2])  # (B, F*N, C)
         return self.encoder(images)  # (B, N, C)
 
-    def forward(self, memory: torch.Tensor, captions: torch.Tensor, mask: torch.Tensor | None = None):
-        return self.decoder(memory, captions, mask)  # (B, T, V), (B, T, N)
+    def memory(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What the decoder attends over (B, N, C): images or videos go through the encoder, cached features
+        (B, N, C) do not; then every position learns where it came from."""
+        features = inputs if inputs.ndim == 3 else self.encode(inputs)  # (B, N, C)
+        return self.positions(features)  # (B, N, C)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        memory: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        *,
-        beam_size: int = 3,
-        max_length: int = 20,
-        length_penalty: float = 1.0,
-    ) -> list[list[Hypothesis]]:
-        return beam_search(
-            self.decoder, memory, mask, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty
-        )
+    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing, what training calls: ``inputs`` (images, videos or cached features) and captions
+        (M, L), ``item_index`` (M,) the input row of each caption; returns logits (M, T, V) and attention
+        (M, T, N)."""
+        return self.decoder(self.memory(inputs), captions, mask, item_index)

@@ -1,7 +1,9 @@
 """Save and load models as safetensors weights plus JSON (config and vocabulary): no pickles, no code.
 
 A model directory holds ``model.safetensors``, ``config.json`` and ``vocab.json``. A frozen encoder whose
-weights come from a named source (the Lite0 package, timm) is not stored: only the decoder is.
+weights come from a named source (the Lite0 package, timm) is not stored: only the decoder is. A training
+run directory names its checkpoints (model directories) in ``best.json`` and ``latest.json``; ``resolve_run_dir``
+follows them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from caption.config import ConfigError, DecoderConfig, EncoderConfig, _apply
+from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values
 from caption.data.vocab import Vocabulary
 from caption.features.pretrained import LITE0_PACKAGE
 from caption.models.captioner import CaptionModel
@@ -23,6 +25,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 REPRODUCIBLE_WEIGHTS = ("timm", LITE0_PACKAGE)
+# Models saved before the position embeddings moved out of the decoder (shared by every decoder now).
+LEGACY_KEYS = {"decoder.temporal.weight": "positions.temporal.weight", "decoder.cells.weight": "positions.cells.weight"}
 
 
 def stores_encoder(encoder_cfg: EncoderConfig) -> bool:
@@ -32,6 +36,7 @@ def stores_encoder(encoder_cfg: EncoderConfig) -> bool:
 
 def model_state(model: CaptionModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     state = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
+    state.update({f"positions.{k}": v for k, v in model.positions.state_dict().items()})
     if stores_encoder(model.encoder_cfg):
         state.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
     out = {}
@@ -78,8 +83,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise ValueError(f"{directory / CONFIG_FILE}: model format {meta.get('format')!r} is not {MODEL_FORMAT}")
     encoder_cfg, decoder_cfg = EncoderConfig(), DecoderConfig()
     try:
-        _apply(encoder_cfg, meta["encoder"], "encoder.")
-        _apply(decoder_cfg, meta["decoder"], "decoder.")
+        apply_values(encoder_cfg, meta["encoder"], "encoder.")
+        apply_values(decoder_cfg, meta["decoder"], "decoder.")
         vocab_size = int(meta["vocab_size"])
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: missing or bad field ({err})") from None
@@ -95,8 +100,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 def load_weights(model: CaptionModel, directory: str | Path) -> None:
     """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored)."""
     path = Path(directory) / WEIGHTS_FILE
-    state = load_file(str(path))
-    for prefix, module in (("decoder.", model.decoder), ("encoder.", model.encoder)):
+    state = {LEGACY_KEYS.get(key, key): value for key, value in load_file(str(path)).items()}
+    for prefix, module in (("decoder.", model.decoder), ("positions.", model.positions), ("encoder.", model.encoder)):
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if prefix == "encoder." and not part:
             continue  # a frozen encoder from a named source is not stored
@@ -107,3 +112,32 @@ def load_weights(model: CaptionModel, directory: str | Path) -> None:
         except RuntimeError as err:
             raise ValueError(f"{path}: the {prefix[:-1]} weights do not fit its config.json ({str(err)[:300]})") from None
 
+
+def read_pointer(run_dir: str | Path, which: str) -> Path | None:
+    """The checkpoint a training run's ``<which>.json`` pointer ("best" or "latest") names; None without one."""
+    path = Path(run_dir) / f"{which}.json"
+    if not path.is_file():
+        return None
+    pointer = read_json(path, f"{which} checkpoint pointer")
+    if not isinstance(pointer, dict) or "checkpoint" not in pointer:
+        raise ValueError(f"{path} is not a checkpoint pointer (it needs a 'checkpoint' field)")
+    target = Path(run_dir) / pointer["checkpoint"]
+    if is_model_dir(target):
+        return target
+    # A kill between the two renames of a rewrite leaves the complete previous copy at <name>.old.
+    previous = target.with_name(target.name + ".old")
+    if is_model_dir(previous):
+        return previous
+    raise FileNotFoundError(f"{path} points to {target}, which is not a complete checkpoint")
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A run directory's best checkpoint (or its latest, before any validation); a model directory as is."""
+    path = Path(path)
+    if is_model_dir(path):
+        return path
+    for which in ("best", "latest"):
+        target = read_pointer(path, which)
+        if target is not None:
+            return target
+    raise FileNotFoundError(f"{path} is neither a model directory nor a training run with a checkpoint")

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from caption.api import Captioner, CaptionResult
+from caption.config import DecodingConfig
 from caption.serving.inputs import Discovered
 from caption.utils.io import atomic_write_json
 
@@ -189,9 +190,7 @@ def caption_files(
     annotations: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
-    beam_size: int | None = None,
-    max_length: int | None = None,
-    length_penalty: float | None = None,
+    decoding: DecodingConfig | None = None,
     progress: bool = True,
 ) -> BatchSummary:
     """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring."""
@@ -199,7 +198,6 @@ def caption_files(
     fmt = fmt or infer_format(output)
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
-    decoding = captioner.resolve_decoding(beam_size, max_length, length_penalty)  # refuse bad settings up front
     # Before captioning, not after: every file needs its own image id in the annotations.
     image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
     journal = Journal(output.with_name(output.name + ".progress.jsonl") if fmt == "coco" else output, fmt)
@@ -214,7 +212,7 @@ def caption_files(
     summary = BatchSummary(output=output, total=len(files), already_done=len(files) - len(todo),
                            failed_before=sum(f in bad for f in files))
     started = time.perf_counter()
-    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, **decoding)
+    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, decoding=decoding)
     bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
     with journal.open() as writer, bar:
         for count, result in enumerate(results, 1):

@@ -100,7 +100,7 @@ class CaptionService:
         """Check a request's settings and read its file, in the request's own thread; raises ``ParameterError``
         or ``ImageLoadError`` (named as the user named the file)."""
         decoding = self.captioner.resolve_decoding(beam_size, max_length, limits=self.decoding_limits)
-        settings = (decoding["beam_size"], decoding["max_length"])
+        settings = (decoding.beam_size, decoding.max_length)
         try:
             with self._reading:
                 self._check_size(path)
@@ -132,7 +132,8 @@ class CaptionService:
                 continue
             beam, length = job.settings
             memory = self.captioner.encode_frames(job.frames)  # (1, F*N, C)
-            [result] = self.captioner.caption_memory(memory, sources=[job.name], beam_size=beam, max_length=length)
+            decoding = self.captioner.resolve_decoding(beam, length)
+            [result] = self.captioner.caption_memory(memory, sources=[job.name], decoding=decoding)
             results[i] = {**self._to_json(result), "frame_times": job.frames.times}
             passes += 1
         for (beam, length), members in groups.items():  # usually one group: the same settings
@@ -218,9 +219,9 @@ def build_app(service: CaptionService, examples: list[str] | None = None, title:
             with gr.Column(scale=1):
                 upload = gr.File(label="Photo (JPEG, PNG, WebP, ...) or video (mp4, avi, webm, mov, mkv)",
                                  type="filepath", elem_id="upload")
-                beam_size = gr.Slider(1, limits.max_beam_size, value=defaults["beam_size"], step=1,
+                beam_size = gr.Slider(1, limits.max_beam_size, value=defaults.beam_size, step=1,
                                       label="Beam size", elem_id="beam-size")
-                max_length = gr.Slider(5, 40, value=min(defaults["max_length"], 40), step=1,
+                max_length = gr.Slider(5, 40, value=min(defaults.max_length, 40), step=1,
                                        label="Maximum words", elem_id="max-length")
                 run = gr.Button("Caption", variant="primary", elem_id="run")
                 if examples:

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from caption.data.vocab import Vocabulary
 from caption.models.captioner import CaptionModel
-from caption.models.io import is_model_dir, save_model
+from caption.models.io import read_pointer, save_model
+from caption.models.io import resolve_run_dir as resolve_run_dir  # re-exported from its new home
 from caption.utils.io import atomic_replace_dir, atomic_write_json, read_json
 
 TRAINER_TENSORS = "trainer.safetensors"
@@ -127,23 +128,6 @@ def set_pointer(run_dir: str | Path, which: str, checkpoint: Path, info: dict[st
     atomic_write_json(run_dir / f"{which}.json", {"checkpoint": str(checkpoint.relative_to(run_dir)), **info})
 
 
-def read_pointer(run_dir: str | Path, which: str) -> Path | None:
-    path = Path(run_dir) / f"{which}.json"
-    if not path.is_file():
-        return None
-    pointer = read_json(path, f"{which} checkpoint pointer")
-    if not isinstance(pointer, dict) or "checkpoint" not in pointer:
-        raise ValueError(f"{path} is not a checkpoint pointer (it needs a 'checkpoint' field)")
-    target = Path(run_dir) / pointer["checkpoint"]
-    if is_model_dir(target):
-        return target
-    # A kill between the two renames of a rewrite leaves the complete previous copy at <name>.old.
-    previous = target.with_name(target.name + ".old")
-    if is_model_dir(previous):
-        return previous
-    raise FileNotFoundError(f"{path} points to {target}, which is not a complete checkpoint")
-
-
 def prune_checkpoints(run_dir: str | Path) -> None:
     """Delete checkpoints that neither pointer names, and staging folders left by a killed write."""
     run_dir = Path(run_dir)
@@ -160,15 +144,3 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     state = _join_tensors(read_json(checkpoint / TRAINER_JSON, "trainer state"), tensors)
     state["optimizer"] = _optimizer_state_from_json(state["optimizer"])
     return state
-
-
-def resolve_run_dir(path: str | Path) -> Path:
-    """A run directory's best checkpoint (or its latest, before any validation); a model directory as is."""
-    path = Path(path)
-    if is_model_dir(path):
-        return path
-    for which in ("best", "latest"):
-        target = read_pointer(path, which)
-        if target is not None:
-            return target
-    raise FileNotFoundError(f"{path} is neither a model directory nor a training run with a checkpoint")

@@ -1,5 +1,6 @@
-"""The training loop: AdamW with warm-up and cosine decay, gradient clipping, mixed precision on GPU,
-DistributedDataParallel under torchrun, resumable checkpoints, and validation by caption metrics."""
+"""The training loop: cross-entropy or self-critical (SCST) objectives, AdamW with warm-up and cosine
+decay, gradient clipping, mixed precision on GPU, DistributedDataParallel under torchrun, resumable
+checkpoints, and validation by caption metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from caption.api import Captioner
 from caption.config import Config, ConfigError, config_from_dict
 from caption.data.coco import CaptionSet, read_caption_set
 from caption.data.datasets import (
@@ -35,16 +35,19 @@ from caption.data.datasets import (
 from caption.data.images import ImageTransform
 from caption.data.video import VideoTransform
 from caption.data.vocab import Vocabulary
+from caption.decoding.generate import Generator
+from caption.evaluation.degenerate import degenerate_share
 from caption.evaluation.evaluate import predict_split, results_list
 from caption.evaluation.metrics import check_java, compute_metrics, spice_unavailable_reason
 from caption.features.batching import default_num_workers
 from caption.features.cache import CachedFeatures, FeatureCache
 from caption.models.captioner import CaptionModel
-from caption.models.decoder import caption_loss
-from caption.models.io import VOCAB_FILE, load_weights
+from caption.models.io import CONFIG_FILE, VOCAB_FILE, load_weights, resolve_run_dir
 from caption.training import checkpoint as ckpt
 from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
-from caption.utils.io import atomic_write_json, atomic_write_text
+from caption.training.losses import caption_loss
+from caption.training.scst import SelfCritical
+from caption.utils.io import atomic_write_json, atomic_write_text, read_json
 from caption.utils.logging import logger
 from caption.utils.runtime import peak_memory_mb
 
@@ -92,17 +95,18 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: flo
     return factor
 
 
-class _TrainForward(nn.Module):
-    """What DDP wraps: features (or images, when fine-tuning the encoder) and captions to logits."""
-
-    def __init__(self, model: CaptionModel, from_images: bool):
-        super().__init__()
-        self.model = model
-        self.from_images = from_images
-
-    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor):
-        memory = self.model.encode(inputs) if self.from_images else inputs  # (B, N, C)
-        return self.model.decoder(memory, captions, item_index=item_index)  # (M, T, V), (M, T, N)
+def _check_init_model(directory: Path, config: Config) -> None:
+    """The model to start from must have the architecture the config asks for (encoder fine-tuning may differ)."""
+    meta = read_json(directory / CONFIG_FILE, "model config")
+    wanted = {"encoder": asdict(config.encoder), "decoder": asdict(config.decoder)}
+    for section, fields in wanted.items():
+        for key, value in fields.items():
+            saved = meta.get(section, {}).get(key, value)
+            if key in ("finetune_stages",) or (section == "encoder" and value == RESOLVED_ENCODER_FIELDS.get(key)):
+                continue
+            if saved != value:
+                raise ConfigError(f"train.init_from={directory}: its {section}.{key} is {saved!r} but this config "
+                                  f"says {value!r}; set {section}.{key}={saved!r} to start from that model")
 
 
 def _seed_everything(seed: int) -> None:
@@ -174,8 +178,14 @@ class Trainer:
     def _build_data_and_model(self) -> None:
         cfg, info = self.config, self.info
         self.train_set = read_caption_set(cfg.data.train_annotations, cfg.data.train_images)
+        self.init_from = None
+        if cfg.train.init_from and self.resume_from is None:
+            self.init_from = resolve_run_dir(cfg.train.init_from)
+            _check_init_model(self.init_from, cfg)
         if self.resume_from is not None:
             self.vocab = Vocabulary.load(self.resume_from / VOCAB_FILE)
+        elif self.init_from is not None:
+            self.vocab = Vocabulary.load(self.init_from / VOCAB_FILE)
         else:
             self.vocab = Vocabulary.build(self.train_set.all_captions(), cfg.data.min_word_count, cfg.data.max_caption_length)
         self.val_set: CaptionSet | None = None
@@ -187,6 +197,9 @@ class Trainer:
                 self.val_set = self.val_set.subset(list(range(cfg.data.max_val_images)))
 
         self.model = CaptionModel(cfg.encoder, cfg.decoder, len(self.vocab)).to(self.device)
+        if self.init_from is not None:
+            load_weights(self.model, self.init_from)
+            logger.info("starting from the weights of %s", self.init_from)
         self.use_cache = cfg.train.cache_features and self.model.encoder.frozen
         self.val_features: CachedFeatures | None = None
         if self.use_cache:
@@ -233,7 +246,8 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        groups = [{"params": [p for p in self.model.decoder.parameters()], "lr": cfg.train.lr}]
+        decoder_params = [*self.model.positions.parameters(), *self.model.decoder.parameters()]
+        groups = [{"params": decoder_params, "lr": cfg.train.lr}]
         encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
         if encoder_params:
             groups.append({"params": encoder_params, "lr": cfg.train.encoder_lr})
@@ -243,11 +257,13 @@ class Trainer:
             lr_lambda(cfg.train.warmup_steps, self.total_steps, cfg.train.schedule, cfg.train.min_lr_ratio),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
-        step_module = _TrainForward(self.model, from_images=not self.use_cache)
         self.forward = (
-            DistributedDataParallel(step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if info.enabled else step_module
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if info.enabled else self.model
         )
+        self.scst = (SelfCritical(self.model, self.forward, self.vocab, cfg.scst,
+                                  [captions for _, captions in self.train_data.items], self._autocast)
+                     if cfg.train.objective == "scst" else None)
         self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None}
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -294,7 +310,9 @@ class Trainer:
         cfg, info = self.config, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())  # encoder fields resolved by now
+            # The encoder fields as the model resolved them from its weights (mean, std, bn_eps).
+            resolved = replace(cfg, encoder=self.model.encoder_cfg)
+            atomic_write_text(self.run_dir / "config.yaml", resolved.to_yaml())
             logger.info(
                 "training on %s (%s, %d process%s): %d images, %d steps/epoch, %s",
                 self.device, self.precision.name, info.world_size, "es" if info.enabled else "",
@@ -323,6 +341,23 @@ class Trainer:
             cleanup(info)
         return record
 
+    def _training_mode(self) -> None:
+        """Cross-entropy trains with dropout. SCST samples and re-scores in eval mode: the gradient is then
+        exactly that of the sampled captions' log-probabilities under the policy used to caption."""
+        self.model.train(self.scst is None)
+
+    def _autocast(self):
+        return (torch.autocast("cuda", dtype=self.precision.autocast_dtype)
+                if self.precision.autocast_dtype else nullcontext())
+
+    def _xent_loss(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor):
+        cfg = self.config.train
+        with self._autocast():
+            logits, alphas = self.forward(inputs, captions, item_index)  # (M, T, V), (M, T, N)
+        loss, ce = caption_loss(logits, alphas, captions, pad_id=self.vocab.pad_id,
+                                label_smoothing=cfg.label_smoothing, attention_reg=cfg.attention_reg)
+        return loss, {"captions": captions.shape[0], "ce": ce.item()}
+
     def _all_ranks_have(self, batch) -> bool:
         """Whether every rank got a batch; DDP needs all ranks to step together or none."""
         have = batch is not None
@@ -340,10 +375,8 @@ class Trainer:
         epoch = self.progress["epoch"]
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(self.progress["step_in_epoch"] * cfg.train.batch_size)
-        self.model.train()
-        autocast = (torch.autocast("cuda", dtype=self.precision.autocast_dtype)
-                    if self.precision.autocast_dtype else nullcontext())
-        totals = {"loss": 0.0, "ce": 0.0, "captions": 0, "steps": 0}
+        self._training_mode()
+        totals: dict[str, float] = {"loss": 0.0, "captions": 0, "steps": 0}
         started = time.perf_counter()
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not info.is_main,
                    initial=self.progress["step_in_epoch"], total=self.steps_per_epoch, dynamic_ncols=True)
@@ -353,12 +386,10 @@ class Trainer:
                 continue
             # (B, N, C) features or (B, 3, S, S) images; (M, L) captions; (M,) image row of each caption
             inputs, captions, item_index = (t.to(self.device, non_blocking=True) for t in batch)
-            with autocast:
-                logits, alphas = self.forward(inputs, captions, item_index)  # (M, T, V), (M, T, N)
-            loss, ce = caption_loss(
-                logits, alphas, captions, pad_id=self.vocab.pad_id,
-                label_smoothing=cfg.train.label_smoothing, attention_reg=cfg.train.attention_reg,
-            )
+            if self.scst is None:
+                loss, stats = self._xent_loss(inputs, captions, item_index)
+            else:
+                loss, stats = self.scst.loss(inputs, captions, item_index)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.train.grad_clip:
@@ -370,13 +401,15 @@ class Trainer:
 
             self.progress["step_in_epoch"] += 1
             self.progress["global_step"] += 1
-            size = captions.shape[0]
+            size = stats.pop("captions")
             totals["loss"] += loss.item() * size
-            totals["ce"] += ce.item() * size
+            for name, value in stats.items():  # per-caption means, weighted by captions; seconds summed
+                totals[name] = totals.get(name, 0.0) + (value if name.endswith("_s") else value * size)
             totals["captions"] += size
             totals["steps"] += 1
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss.item():.3f}", captions_s=f"{totals['captions'] * info.world_size / elapsed:.0f}")
+            shown = {"reward": f"{stats['reward']:.3f}"} if "reward" in stats else {"loss": f"{loss.item():.3f}"}
+            bar.set_postfix(**shown, captions_s=f"{totals['captions'] * info.world_size / elapsed:.0f}")
             if cfg.train.save_every_steps and self.progress["global_step"] % cfg.train.save_every_steps == 0:
                 self._save()
             if self._out_of_steps():
@@ -384,13 +417,16 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - started
         captions = max(1, totals["captions"])
+        averages = {f"train_{name}": value / captions for name, value in totals.items()
+                    if name not in ("captions", "steps") and not name.endswith("_s")}
         return {
             "epoch": epoch + 1,
             "global_step": self.progress["global_step"],
-            "train_loss": totals["loss"] / captions,
-            "train_ce": totals["ce"] / captions,
+            "objective": cfg.train.objective,
+            **averages,
             "lr": self.scheduler.get_last_lr()[0],
             "captions_per_s": totals["captions"] * info.world_size / elapsed if elapsed else 0.0,
+            **({"reward_time_share": totals["reward_time_s"] / elapsed} if "reward_time_s" in totals and elapsed else {}),
             "epoch_time_s": elapsed,
             "world_size": info.world_size,
             "precision": self.precision.name,
@@ -405,10 +441,9 @@ class Trainer:
         if self.info.is_main:
             assert self.val_set is not None
             self.model.eval()
-            captioner = Captioner(self.model, self.vocab, self.device)
+            generator = Generator(self.model, self.vocab, self.device)
             predictions, _ = predict_split(
-                captioner, self.val_set, features=self.val_features, beam_size=cfg.val.beam_size,
-                max_length=cfg.val.max_length, length_penalty=cfg.val.length_penalty,
+                generator, self.val_set, cfg.val.decoding, features=self.val_features,
                 batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
             )
             scores, _, skipped = compute_metrics(self.val_set.captions, predictions, cfg.val.metrics)
@@ -419,6 +454,7 @@ class Trainer:
             result = {
                 "scores": scores,
                 "distinct_captions": len(set(predictions.values())),
+                "degenerate_share": degenerate_share(predictions.values()),
                 "images": len(predictions),
                 "skipped": skipped,
                 "is_best": best is None or score > best,
@@ -430,7 +466,7 @@ class Trainer:
             payload = [self.progress["best_score"], result]
             dist.broadcast_object_list(payload, src=0)
             self.progress["best_score"], result = payload
-        self.model.train()
+        self._training_mode()
         return result
 
 

@@ -14,6 +14,7 @@ from caption.config import DecodingConfig
 from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
 from caption.data.video import VideoTransform, is_video
 from caption.decoding.generate import Generator
+from caption.evaluation.degenerate import degenerate_share
 from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
 from caption.features.batching import iter_image_batches
 from caption.features.cache import CachedFeatures
@@ -124,6 +125,8 @@ def evaluate(
         "annotations": str(annotations),
         "images_scored": len(predictions),
         "scores": scores,
+        "distinct_captions": len(set(predictions.values())),
+        "degenerate_share": degenerate_share(predictions.values()),
         "skipped": skipped,
         "unreadable_images": errors,
     }

@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 # apt-get as root, else through sudo
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install demo test lint java chromium prepare-flickr8k train-default clean
+.PHONY: install demo test lint java chromium prepare-flickr8k train-default train-scst clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ prepare-flickr8k: install
 train-default: prepare-flickr8k
 	$(BIN)/caption train --config configs/flickr8k_lite0.yaml
 	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16 --beam-size 3 --length-penalty 0.75
+
+# Self-critical training of the shipped cross-entropy model (configs/flickr8k_lite0_scst.yaml).
+train-scst: prepare-flickr8k
+	$(BIN)/caption train --config configs/flickr8k_lite0_scst.yaml
 
 clean:
 	rm -rf $(VENV) cache runs data .pytest_cache

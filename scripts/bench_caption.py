@@ -74,7 +74,8 @@ def run_case(case: str, count: int, device: torch.device, workers: int | None) -
     workers = 0 if kind == "single" else workers
     beam = 1 if kind == "greedy" else 3
     list(captioner.iter_captions(paths[:batch], batch_size=batch, num_workers=0))  # warm-up
-    seconds = timed(lambda: list(captioner.iter_captions(paths, decoding=captioner.resolve_decoding(beam), batch_size=batch, num_workers=workers)),
+    decoding = captioner.resolve_decoding(beam)
+    seconds = timed(lambda: list(captioner.iter_captions(paths, decoding=decoding, batch_size=batch, num_workers=workers)),
                     device)
     label = "baseline: one image at a time" if kind == "single" else f"end to end, batch {batch}"
     return {"case": f"{label}, {'greedy' if beam == 1 else 'beam 3'}", "batch": batch, "images_per_s": count / seconds,

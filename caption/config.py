@@ -183,6 +183,10 @@ class ScstConfig:
     # Count the end of the caption as a word in CIDEr-D's n-grams (references end there too), so a caption
     # that stops on a dangling "a" or "with" matches fewer n-grams than one that ends properly.
     eos_in_reward: bool = True
+    # Subtracted from the reward of a sampled caption that repeats a phrase or ends on a dangling word
+    # (caption.evaluation.degenerate). CIDEr-D alone still pays for "on a bench on a bench" (the clipped
+    # n-grams of the repeat match), so SCST drifts towards such captions; 0 turns the penalty off.
+    degenerate_penalty: float = 1.0
 
     def validate(self) -> None:
         _require(self.samples >= 1, "scst.samples", "must be at least 1")
@@ -191,6 +195,7 @@ class ScstConfig:
                  "must be at least 2 with scst.baseline=mean (the baseline is the mean of the other samples)")
         _require(self.max_length >= 1, "scst.max_length", "must be at least 1")
         _require(self.temperature > 0, "scst.temperature", "must be positive")
+        _require(self.degenerate_penalty >= 0, "scst.degenerate_penalty", "must be 0 (off) or more")
 
     @property
     def decoding(self) -> DecodingConfig:

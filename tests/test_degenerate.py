@@ -1,11 +1,11 @@
-"""Degenerate captions: repeated word pairs, doubled words, dangling endings."""
+"""Degenerate captions: repeated phrases, doubled words, dangling endings."""
 
 from __future__ import annotations
 
 import pytest
 
 from caption.data.vocab import tokenize
-from caption.evaluation.degenerate import DANGLING_WORDS, degenerate_share, is_degenerate, repeated_pair
+from caption.evaluation.degenerate import DANGLING_WORDS, degenerate_share, is_degenerate, repeated_phrase
 
 CASES = [
     # (caption, degenerate?, why)
@@ -24,6 +24,11 @@ CASES = [
     ("a man stands in front of a building while", True, "dangling 'while'"),
     ("A dog runs into the ...", True, "punctuation is dropped before the check"),
     ("a dog and a cat", False, "single words repeated, no pair repeated"),
+    ("a man is sitting on a bench on a bench", True, "repeated 'on a bench'"),
+    ("a group of a group of people", True, "repeated 'a group of'"),
+    ("a man in a white shirt and a white shirt", True, "repeated 'white shirt'"),
+    ("a white dog jumps over a white fence", False, "'a white' twice: one content word, and no phrase of three"),
+    ("a man in a yellow shirt rides a yellow kayak", False, "'a yellow' twice: one content word"),
     ("a man in a red shirt stands in a field", False, "'in a' twice: function words only"),
     ("a dog with a ball on the grass with a stick", False, "'with a' twice: function words only"),
     ("a black dog chases a brown dog", False, "'dog' twice, pairs all differ"),
@@ -42,16 +47,17 @@ def test_is_degenerate(text, expected, why):
 
 
 @pytest.mark.parametrize(
-    ("text", "pair"),
+    ("text", "phrase"),
     [
-        ("a man in a red shirt in a red shirt", ("a", "red")),
+        ("a man in a red shirt in a red shirt", ("red", "shirt")),
         ("a a dog", ("a", "a")),
+        ("a dog on a bench on a bench", ("on", "a", "bench")),
         ("a dog and a cat", None),
         ("a man in a hat in a car", None),
     ],
 )
-def test_repeated_pair(text, pair):
-    assert repeated_pair(tokenize(text)) == pair
+def test_repeated_phrase(text, phrase):
+    assert repeated_phrase(tokenize(text)) == phrase
 
 
 def test_dangling_list_leaves_out_particles_and_her():

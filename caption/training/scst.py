@@ -1,5 +1,6 @@
 """Self-critical sequence training (Rennie et al. 2017): sample captions, reward them with CIDEr-D
-against the image's references, and raise the log-probability of those that beat the baseline."""
+against the image's references (less a penalty for degenerate ones), and raise the log-probability of
+those that beat the baseline."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from caption.config import DecodingConfig, ScstConfig
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import beam_search
 from caption.decoding.sample import sample, sampling_log_probs
+from caption.evaluation.degenerate import is_degenerate
 from caption.models.captioner import CaptionModel
 from caption.training.losses import scst_loss
 from caption.training.rewards import CiderD
@@ -57,9 +59,13 @@ class SelfCritical:
         candidates = [[self.vocab.words[t] for t in samples.words(r)] for r in range(B * K)]
         owner = [r // K for r in range(B * K)]
         rewards = self.reward.scores(candidates, [references[i] for i in owner], [keys[i] for i in owner])  # (B*K,)
+        degenerate = np.array([is_degenerate(words) for words in candidates], dtype=np.float64)  # (B*K,)
+        rewards = rewards - cfg.degenerate_penalty * degenerate
         if greedy is not None:
             greedy_words = [[self.vocab.words[t] for t in beams[0].tokens] for beams in greedy]
-            baseline = np.repeat(self.reward.scores(greedy_words, references, keys), K)  # (B*K,)
+            greedy_rewards = self.reward.scores(greedy_words, references, keys) - cfg.degenerate_penalty * np.array(
+                [is_degenerate(words) for words in greedy_words], dtype=np.float64)  # (B,)
+            baseline = np.repeat(greedy_rewards, K)  # (B*K,)
         else:  # the mean reward of the image's other samples
             per_item = rewards.reshape(B, K)  # (B, K)
             baseline = ((per_item.sum(1, keepdims=True) - per_item) / (K - 1)).reshape(-1)  # (B*K,)
@@ -78,5 +84,6 @@ class SelfCritical:
             "entropy": float(samples.entropy),
             "ended": float(samples.ended.float().mean()),
             "sample_length": float(samples.lengths.float().mean()),
+            "degenerate": float(degenerate.mean()),
             "reward_time_s": reward_seconds,
         }

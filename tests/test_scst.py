@@ -78,7 +78,7 @@ def test_scst_raises_the_mean_sampled_reward(setup, baseline):
     # Measured here: 0.316 -> 0.372 (mean), 0.316 -> 0.339 (greedy); the sampling noise at a fixed seed is far smaller.
     assert after > before + 0.015, (before, after)
     assert record["objective"] == "scst" and record["global_step"] == 24  # 6 epochs x 64 / 16
-    for key in ("train_reward", "train_baseline", "train_entropy", "train_ended", "reward_time_share"):
+    for key in ("train_reward", "train_baseline", "train_entropy", "train_ended", "train_degenerate", "reward_time_share"):
         assert np.isfinite(record[key]), key
     assert 0.0 <= record["train_ended"] <= 1.0
     saved = yaml.safe_load((run / "config.yaml").read_text())

@@ -102,7 +102,7 @@ def _check_init_model(directory: Path, config: Config) -> None:
     for section, fields in wanted.items():
         for key, value in fields.items():
             saved = meta.get(section, {}).get(key, value)
-            if key in ("finetune_stages",) or (section == "encoder" and value == RESOLVED_ENCODER_FIELDS.get(key)):
+            if key == "finetune_stages" or (section == "encoder" and value == RESOLVED_ENCODER_FIELDS.get(key)):
                 continue
             if saved != value:
                 raise ConfigError(f"train.init_from={directory}: its {section}.{key} is {saved!r} but this config "

@@ -193,7 +193,8 @@ def test_a_long_run_holds_one_batch_of_results_not_all_of_them(tmp_path):
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector frees is kept in gc.garbage, to be looked at
     tracemalloc.start()
     try:
-        summary = caption_files(captioner, files, tmp_path / "out.jsonl", batch_size=16, beam_size=1, progress=False)
+        summary = caption_files(captioner, files, tmp_path / "out.jsonl", batch_size=16,
+                               decoding=captioner.resolve_decoding(beam_size=1), progress=False)
         gc.collect()
         in_cycles = sum(isinstance(o, torch.Tensor) for o in gc.garbage)
     finally:

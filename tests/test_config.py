@@ -47,7 +47,7 @@ def test_optional_fields_take_null_or_their_type():
     ("scst.samples=1", "'scst.samples' must be at least 2 with scst.baseline=mean"),
     ("scst.temperature=0", "'scst.temperature' must be positive"),
     ("scst.max_length=0", "'scst.max_length' must be at least 1"),
-    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, eos_in_reward, max_length"),
+    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, degenerate_penalty, eos_in_reward"),
     ("val.length_penalty=-1", "'val.length_penalty' must be 0 or more"),
 ])
 def test_bad_values_name_the_field(override, message):

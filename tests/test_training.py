@@ -34,7 +34,7 @@ def tiny_config(flickr_splits, flickr_dir, tmp_path_factory) -> Path:
         },
         "decoder": {"embed_dim": 64, "attention_dim": 64, "hidden_dim": 256, "dropout": 0.3},
         "train": {"epochs": 3, "batch_size": 2, "lr": 1e-3, "warmup_steps": 4, "num_workers": 0,
-                  "cache_dir": str(root / "cache"), "save_every_steps": 2, "seed": 7},
+                  "cache_dir": str(root / "cache"), "save_every_steps": 2, "seed": 7, "log_every_steps": 4},
         "val": {"every_epochs": 0},
     }
     path = root / "tiny.yaml"
@@ -91,6 +91,11 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny
         assert torch.equal(a[key], b[key]), key
     # Both runs wrote one log line per epoch; the killed one may lack the line for the epoch it died in.
     assert len((straight / "log.jsonl").read_text().splitlines()) == 3
+    # steps.jsonl: a line every 4 steps; the resumed run writes again the steps since its checkpoint.
+    def logged_steps(run: Path) -> list[int]:
+        return [json.loads(line)["step"] for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert logged_steps(straight) == [4, 8, 12, 16, 20, 24]
+    assert set(logged_steps(killed)) == set(logged_steps(straight))
 
 
 def test_resume_refuses_a_changed_model_config(tiny_config, tmp_path):

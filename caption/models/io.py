@@ -1,7 +1,7 @@
 """Save and load models as safetensors weights plus JSON (config and vocabulary): no pickles, no code.
 
 A model directory holds ``model.safetensors``, ``config.json`` and ``vocab.json``. A frozen encoder whose
-weights come from a named source (the Lite0 package, timm) is not stored: only the decoder is. A training
+weights come from a named source (a Lite package, timm) is not stored: only the decoder is. A training
 run directory names its checkpoints (model directories) in ``best.json`` and ``latest.json``; ``resolve_run_dir``
 follows them.
 """
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values
 from caption.data.vocab import Vocabulary
-from caption.features.pretrained import LITE0_PACKAGE
+from caption.features.pretrained import LITE_PACKAGES
 from caption.models.captioner import CaptionModel
 from caption.utils.io import atomic_write, atomic_write_json, read_json
 
@@ -24,7 +24,7 @@ MODEL_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
-REPRODUCIBLE_WEIGHTS = ("timm", LITE0_PACKAGE)
+REPRODUCIBLE_WEIGHTS = ("timm", *LITE_PACKAGES.values())
 # Models saved before the position embeddings moved out of the decoder (shared by every decoder now).
 LEGACY_KEYS = {"decoder.temporal.weight": "positions.temporal.weight", "decoder.cells.weight": "positions.cells.weight"}
 

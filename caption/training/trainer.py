@@ -380,6 +380,7 @@ class Trainer:
         self.sampler.set_start(self.progress["step_in_epoch"] * cfg.train.batch_size)
         self._training_mode()
         totals: dict[str, float] = {"loss": 0.0, "captions": 0, "steps": 0}
+        window: dict[str, float] = {}  # sums over the steps since the last steps.jsonl line
         started = time.perf_counter()
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not info.is_main,
                    initial=self.progress["step_in_epoch"], total=self.steps_per_epoch, dynamic_ncols=True)
@@ -410,6 +411,7 @@ class Trainer:
                 totals[name] = totals.get(name, 0.0) + (value if name.endswith("_s") else value * size)
             totals["captions"] += size
             totals["steps"] += 1
+            self._log_step(window, loss.item(), stats, size)
             elapsed = time.perf_counter() - started
             shown = {"reward": f"{stats['reward']:.3f}"} if "reward" in stats else {"loss": f"{loss.item():.3f}"}
             bar.set_postfix(**shown, captions_s=f"{totals['captions'] * info.world_size / elapsed:.0f}")
@@ -435,6 +437,29 @@ class Trainer:
             "precision": self.precision.name,
             "peak_memory_mb": round(peak_memory_mb(self.device)),
         }
+
+    def _log_step(self, window: dict[str, float], loss: float, stats: dict[str, float], captions: int) -> None:
+        """Every ``train.log_every_steps`` steps, append the window's mean loss (and SCST reward) to steps.jsonl.
+
+        After a resume the steps since the checkpoint are logged again; readers keep the last line of a step.
+        """
+        every = self.config.train.log_every_steps
+        if not every or not self.info.is_main:
+            return
+        window["loss"] = window.get("loss", 0.0) + loss
+        window["steps"] = window.get("steps", 0) + 1
+        if "reward" in stats:
+            window["reward"] = window.get("reward", 0.0) + stats["reward"] * captions
+            window["captions"] = window.get("captions", 0) + captions
+        if self.progress["global_step"] % every:
+            return
+        line = {"step": self.progress["global_step"],
+                "epoch": self.progress["epoch"] + self.progress["step_in_epoch"] / self.steps_per_epoch,
+                "loss": window["loss"] / window["steps"], "lr": self.scheduler.get_last_lr()[0]}
+        if window.get("captions"):
+            line["reward"] = window["reward"] / window["captions"]
+        _append_jsonl(self.run_dir / "steps.jsonl", line)
+        window.clear()
 
     # ----------------------------------------------------------------------------------- validation
     def _validate(self) -> dict[str, Any]:

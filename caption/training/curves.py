@@ -1,0 +1,116 @@
+"""Training curves of one or more runs as one picture: loss or SCST reward per step, dev metrics per epoch.
+
+A run directory holds ``steps.jsonl`` (a line every ``train.log_every_steps`` steps) and ``log.jsonl`` (a line
+per epoch, with the validation scores). Runs from before steps.jsonl existed plot their per-epoch training
+loss instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caption.utils.io import atomic_write
+
+DEFAULT_METRICS = ("CIDEr", "Bleu_4")
+
+
+@dataclass
+class RunCurves:
+    name: str
+    objective: str  # "xent" or "scst"
+    # (epoch, value): the x axis is epochs, so runs with different batch sizes line up.
+    loss: list[tuple[float, float]] = field(default_factory=list)
+    reward: list[tuple[float, float]] = field(default_factory=list)
+    scores: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Lines of a JSONL log; a last line cut short by a kill is skipped, a broken line elsewhere is an error."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not JSON; the log is damaged") from None
+    return records
+
+
+def read_run(run_dir: str | Path) -> RunCurves:
+    run_dir = Path(run_dir)
+    epochs_file, steps_file = run_dir / "log.jsonl", run_dir / "steps.jsonl"
+    if not epochs_file.is_file() and not steps_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no log.jsonl or steps.jsonl there; give a training run's output_dir")
+    epochs = _read_jsonl(epochs_file) if epochs_file.is_file() else []
+    steps = _read_jsonl(steps_file) if steps_file.is_file() else []
+    objective = epochs[0].get("objective", "xent") if epochs else ("scst" if any("reward" in s for s in steps) else "xent")
+    run = RunCurves(name=run_dir.name, objective=objective)
+    if steps:
+        latest = {line["step"]: line for line in steps}  # a resumed run logs its last steps again: keep the last
+        for step in sorted(latest):
+            line = latest[step]
+            run.loss.append((line["epoch"], line["loss"]))
+            if "reward" in line:
+                run.reward.append((line["epoch"], line["reward"]))
+    else:
+        for record in epochs:
+            run.loss.append((record["epoch"], record["train_loss"]))
+            if "train_reward" in record:
+                run.reward.append((record["epoch"], record["train_reward"]))
+    for record in epochs:
+        for name, value in record.get("val", {}).get("scores", {}).items():
+            run.scores.setdefault(name, []).append((record["epoch"], value))
+    return run
+
+
+def plot_runs(runs: list[RunCurves], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS):
+    """Write a PNG with a panel for the training loss (cross-entropy runs), the sampled reward (SCST runs)
+    and each dev metric; every run is one line, in the same colour in every panel. Returns the figure."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("caption plot needs matplotlib: pip install 'caption[plot]'") from None
+
+    panels: list[tuple[str, str, list[RunCurves]]] = []
+    xent = [run for run in runs if run.objective == "xent" and run.loss]
+    scst = [run for run in runs if run.reward]
+    if xent:
+        panels.append(("training loss (cross-entropy)", "loss", xent))
+    if scst:
+        panels.append(("SCST: mean sampled reward (CIDEr-D)", "reward", scst))
+    for metric in metrics:
+        scored = [run for run in runs if run.scores.get(metric)]
+        if scored:
+            panels.append((f"dev {metric}", metric, scored))
+    if not panels:
+        raise ValueError("nothing to plot: the runs have no logged steps or epochs yet")
+
+    colours = {id(run): f"C{i % 10}" for i, run in enumerate(runs)}
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows + 0.4), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.remove()
+    for axis, (title, key, members) in zip(axes.flat, panels):
+        for run in members:
+            points = getattr(run, key) if key in ("loss", "reward") else run.scores[key]
+            x, y = zip(*points)
+            style = {"marker": "o", "markersize": 3} if key not in ("loss", "reward") else {"linewidth": 1}
+            axis.plot(x, y, label=run.name, color=colours[id(run)], **style)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colours[id(run)]) for run in runs]
+    figure.legend(handles, [run.name for run in runs], loc="lower center", ncol=min(len(runs), 4), fontsize=9,
+                  frameon=False)
+    figure.tight_layout(rect=(0, (0.4 + 0.25 * ((len(runs) - 1) // 4)) / figure.get_figheight(), 1, 1))
+    out = Path(out)
+    atomic_write(out, lambda tmp: figure.savefig(tmp, dpi=90, format=out.suffix.lstrip(".") or "png"))
+    plt.close(figure)
+    return figure

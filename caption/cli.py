@@ -151,7 +151,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, value in report["scores"].items():
         print(f"{name:8s} {value:.4f}")
     print(f"distinct captions {report['distinct_captions']} of {report['images_scored']}, "
-          f"degenerate {report['degenerate_share']:.1%} (a repeated word pair or a dangling last word)")
+          f"{report['distinct_words']} distinct words, degenerate {report['degenerate_share']:.1%} (a repeated word pair or a dangling last word)")
     for reason in report["skipped"].values():
         print(reason)
     print(f"wrote {Path(args.out) / 'metrics.json'}")

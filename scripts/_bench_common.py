@@ -51,6 +51,8 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) ->
 
 def format_cell(row: dict, key: str) -> str:
     value = row.get(key, "")
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if value < 10 else f"{value:,.0f}"
     return str(value)

@@ -1,9 +1,11 @@
-"""Captioning throughput with the shipped model at several batch sizes: the encoder alone (decoded images
-in memory), files through the encoder (reading and resizing included: the pipeline without a decoder),
-and end to end (files to captions, beam 3 and greedy); one image at a time as the baseline, and one
-full-size photo's latency.
+"""Captioning throughput of shipped models side by side at several batch sizes: the encoder alone (decoded
+images in memory), files through the encoder (reading and resizing included: the pipeline without a
+decoder), and end to end (files to captions, beam 3 and greedy); one image at a time as the baseline, and
+one full-size photo's latency. The default compares the default model with the previous one,
+flickr8k-lite0, in the same run.
 
-    python scripts/bench_caption.py [--images 192] [--batch-sizes 1 8 32 64] [--device auto]
+    python scripts/bench_caption.py [--models flickr8k-lite2 flickr8k-lite0] [--images 192]
+                                    [--batch-sizes 1 8 32 64] [--device auto]
 
 Images are Flickr8k dev photos and the full-size sample photos ($CAPTION_DATA, default ../shared/data).
 """
@@ -21,11 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import DATA, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
-from caption.api import Captioner  # noqa: E402
+from caption.api import DEFAULT_MODEL, Captioner  # noqa: E402
 from caption.features.batching import iter_image_batches  # noqa: E402
 
 REFERENCE_IMAGES_PER_S = 5.13  # ../shared/ANCHORS.md: the tutorial, one image at a time, beam 3
 REFERENCE_PHOTO_MS = 247.0
+PREVIOUS_DEFAULT = "flickr8k-lite0"
 
 
 def dev_images(count: int) -> list[str]:
@@ -43,10 +46,10 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def run_case(case: str, count: int, device: torch.device, workers: int | None) -> dict:
+def run_case(case: str, model: str, count: int, device: torch.device, workers: int | None) -> dict:
     kind, _, size = case.partition(":")
     batch = int(size or 1)
-    captioner = Captioner.load(device=device)
+    captioner = Captioner.load(model, device=device)
     paths = dev_images(count)
     if kind == "encoder":
         images = torch.stack([captioner.transform.load(p) for p in paths])  # decoded up front: encoder only
@@ -84,13 +87,16 @@ def run_case(case: str, count: int, device: torch.device, workers: int | None) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(dict.fromkeys([DEFAULT_MODEL, PREVIOUS_DEFAULT])),
+                        help="shipped names or model directories; ratios are against the last one")
+    parser.add_argument("--model", help=argparse.SUPPRESS)  # set when run_isolated runs one case
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--workers", type=int,
                         help="image-decoding worker processes end to end (default: the library's, 2 on a GPU, 0 on a CPU)")
     args, device = parse_bench_args(parser)
     if args.case:
-        print(json.dumps(run_case(args.case, args.images, device, args.workers)))
+        print(json.dumps(run_case(args.case, args.model, args.images, device, args.workers)))
         return 0
     if not (DATA / "flickr8k" / "Flickr_8k.devImages.txt").is_file():
         print(f"needs the Flickr8k dev photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
@@ -99,31 +105,45 @@ def main() -> int:
     common += [] if args.workers is None else ["--workers", str(args.workers)]
     for path in [*dev_images(args.images), *(DATA / "flickr8k" / "photos_fullres").glob("*.jpg")]:
         Path(path).read_bytes()  # into the page cache, so the first case does not pay for a cold disk
-    baseline = run_isolated(__file__, "single", common)
-    rows = [baseline]
-    for batch in args.batch_sizes:
-        encoder = run_isolated(__file__, f"encoder:{batch}", common)
-        files = run_isolated(__file__, f"files:{batch}", common)
-        captioning = [run_isolated(__file__, f"{kind}:{batch}", common) for kind in ("batched", "greedy")]
-        for row in [files, *captioning]:
-            row["of_encoder"] = f"{row['images_per_s'] / encoder['images_per_s']:.0%}"
-        for row in captioning:
-            row["of_files"] = f"{row['images_per_s'] / files['images_per_s']:.0%}"
-        rows += [encoder, files, *captioning]
+
+    def measure(model: str, case: str) -> dict:
+        return {"model": model, **run_isolated(__file__, case, [*common, "--model", model])}
+
+    rows, latencies = [], {}
+    for model in args.models:
+        baseline = measure(model, "single")
+        model_rows = [baseline]
+        for batch in args.batch_sizes:
+            encoder, files = measure(model, f"encoder:{batch}"), measure(model, f"files:{batch}")
+            captioning = [measure(model, f"{kind}:{batch}") for kind in ("batched", "greedy")]
+            for row in [files, *captioning]:
+                row["of_encoder"] = f"{row['images_per_s'] / encoder['images_per_s']:.0%}"
+            for row in captioning:
+                row["of_files"] = f"{row['images_per_s'] / files['images_per_s']:.0%}"
+            model_rows += [encoder, files, *captioning]
+        for row in model_rows:
+            row["vs_baseline"] = f"{row['images_per_s'] / baseline['images_per_s']:.1f}x"
+            if device.type == "cpu" and "beam 3" in row["case"]:  # the reference figure is for beam 3
+                row["vs_reference"] = f"{row['images_per_s'] / REFERENCE_IMAGES_PER_S:.1f}x"
+        rows += model_rows
+        latencies[model] = measure(model, "latency")["ms"]
+    last = args.models[-1]
+    speeds = {(row["model"], row["case"]): row["images_per_s"] for row in rows}
     for row in rows:
-        row["vs_baseline"] = f"{row['images_per_s'] / baseline['images_per_s']:.1f}x"
-        if device.type == "cpu" and "beam 3" in row["case"]:  # the reference figure is for beam 3
-            row["vs_reference"] = f"{row['images_per_s'] / REFERENCE_IMAGES_PER_S:.1f}x"
-    latency = run_isolated(__file__, "latency", common)
+        row["vs_last"] = f"{row['images_per_s'] / speeds[(last, row['case'])]:.2f}x"
+    columns = [("model", "model"), ("case", "case"), ("images/s", "images_per_s"), ("/ encoder only", "of_encoder"),
+               ("/ files -> encoder", "of_files"), ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")]
+    columns += [(f"vs {last}", "vs_last")] if len(args.models) > 1 else []
     print_table(
         f"Captioning throughput on {device} ({machine()}), {args.images} Flickr8k dev images; "
         f"reference = the tutorial's {REFERENCE_IMAGES_PER_S} images/s from ANCHORS.md",
-        rows, [("case", "case"), ("images/s", "images_per_s"), ("/ encoder only", "of_encoder"),
-               ("/ files -> encoder", "of_files"),
-               ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference"), ("peak memory MB", "peak_mb")],
+        rows, [*columns, ("peak memory MB", "peak_mb")],
     )
-    print(f"\nOne full-size photo, model loaded, beam 3: {latency['ms']:.0f} ms median "
-          f"(reference {REFERENCE_PHOTO_MS:.0f} ms, {REFERENCE_PHOTO_MS / latency['ms']:.1f}x)")
+    print(f"\nOne full-size photo, model loaded, beam 3, median of {len(list((DATA / 'flickr8k' / 'photos_fullres').glob('*.jpg')))} "
+          f"photos (reference {REFERENCE_PHOTO_MS:.0f} ms):")
+    for model, ms in latencies.items():
+        print(f"  {model}: {ms:.0f} ms ({REFERENCE_PHOTO_MS / ms:.1f}x faster than the reference"
+              + (f", {ms / latencies[last]:.2f}x the time of {last})" if model != last else ")"))
     return 0
 
 

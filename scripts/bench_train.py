@@ -8,7 +8,12 @@ Captions are the real Flickr8k train captions ($CAPTION_DATA, default ../shared/
 reads the real photos; the cached case reads an fp16 memory-mapped feature file, as training does.
 The SCST rows and their cross-entropy reference fine-tune the shipped model on real features of 256
 train photos (a trained model samples captions of realistic length; a fresh one rambles to max length).
+The fine-tuning rows train the decoder together with the last k encoder stages (encoder.finetune_stages)
+on real photos read and resized in the loop, against the frozen encoder's cached features, for Lite0 and
+Lite2 at their native sizes, and give the minutes an epoch of Flickr8k (6,000 photos) would take.
 On CUDA it adds bf16 and fp16 mixed precision and a larger batch.
+
+    python scripts/bench_train.py --tables finetune --steps 6     # one table only
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import DATA, REPO, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
-from caption.config import DecoderConfig, EncoderConfig, ScstConfig  # noqa: E402
+from caption.config import LITE_PACKAGES, DecoderConfig, EncoderConfig, ScstConfig  # noqa: E402
 from caption.data.coco import read_caption_set  # noqa: E402
 from caption.data.convert import convert_flickr8k  # noqa: E402
 from caption.data.datasets import collate_items, image_captions  # noqa: E402
@@ -35,6 +40,7 @@ from caption.data.images import ImageTransform  # noqa: E402
 from caption.data.vocab import Vocabulary  # noqa: E402
 from caption.features.batching import iter_image_batches  # noqa: E402
 from caption.features.encoder import ImageEncoder  # noqa: E402
+from caption.models.captioner import CaptionModel  # noqa: E402
 from caption.models.io import load_model  # noqa: E402
 from caption.models.sat import AttentionLSTMDecoder  # noqa: E402
 from caption.training.losses import caption_loss  # noqa: E402
@@ -56,6 +62,17 @@ SCST_CASES = {
     "shipped model, SCST 5 samples, greedy baseline, 16 images": ("greedy", 16, "fp32"),
     "shipped model, SCST 5 samples, mean baseline, 64 images, bf16": ("mean", 64, "bf16"),
 }
+
+# Training the decoder with the last k encoder stages (0: frozen, from cached features), 16 photos a step.
+FINETUNE_CASES = {
+    "Lite0 224 px, frozen: cached features": ("efficientnet_lite0", 224, 7, 0),
+    "Lite0 224 px, last stage fine-tuned": ("efficientnet_lite0", 224, 7, 1),
+    "Lite2 260 px, frozen: cached features": ("efficientnet_lite2", 260, 9, 0),
+    "Lite2 260 px, last stage fine-tuned": ("efficientnet_lite2", 260, 9, 1),
+    "Lite2 260 px, last 2 stages fine-tuned": ("efficientnet_lite2", 260, 9, 2),
+    "Lite2 260 px, last 3 stages fine-tuned": ("efficientnet_lite2", 260, 9, 3),
+}
+FLICKR8K_TRAIN_PHOTOS = 6000
 
 
 def load_items(limit: int = 2000):
@@ -189,40 +206,111 @@ def run_scst_case(name: str, steps: int, device: torch.device) -> dict:
             "peak_mb": peak_memory_mb(device), "steps": steps}
 
 
+def run_finetune_case(name: str, steps: int, device: torch.device) -> dict:
+    encoder_name, size, grid, stages = FINETUNE_CASES[name]
+    batch = 16
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    split, vocab, items = load_items(batch * (steps + 3))
+    encoder_cfg = EncoderConfig(name=encoder_name, weights=LITE_PACKAGES[encoder_name], image_size=size,
+                                grid_size=grid, finetune_stages=stages)
+    model = CaptionModel(encoder_cfg, DecoderConfig(), len(vocab)).to(device).train()
+    groups = [{"params": [*model.positions.parameters(), *model.decoder.parameters()], "lr": 4e-4}]
+    if stages:
+        groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": 1e-4})
+    optimizer = torch.optim.AdamW(groups)
+    transform = ImageTransform(size, model.encoder_cfg.mean, model.encoder_cfg.std)
+    if not stages:  # what the feature cache holds: encoded once, before training
+        with torch.no_grad():
+            cached = torch.cat([model.encode(images.to(device)).float()
+                                for _, images, _ in iter_image_batches([str(p) for p in split.paths()], transform,
+                                                                       device=device, batch_size=32)])
+    order = iter(rng.permutation(len(items)).reshape(-1, batch))
+
+    def step() -> None:
+        rows = next(order)
+        if stages:
+            inputs = [transform.load(split.path(items[r][0])) for r in rows]  # read and resized every epoch
+        else:
+            inputs = [cached[items[r][0]] for r in rows]
+        inputs, captions, index = collate_items([(x, items[r][1]) for x, r in zip(inputs, rows)])
+        logits, alphas = model(inputs.to(device), captions.to(device), index.to(device))
+        loss, _ = caption_loss(logits, alphas, captions.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    images_per_s = batch * steps / elapsed
+    return {"case": name, "images_per_s": images_per_s, "epoch_min": FLICKR8K_TRAIN_PHOTOS / images_per_s / 60,
+            "trainable_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+            "peak_mb": peak_memory_mb(device), "steps": steps}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per case")
+    parser.add_argument("--tables", nargs="+", choices=["decoder", "scst", "finetune"],
+                        default=["decoder", "scst", "finetune"])
     args, device = parse_bench_args(parser)
     if args.case:
-        runner = run_scst_case if args.case in SCST_CASES else run_case
+        runner = (run_scst_case if args.case in SCST_CASES else
+                  run_finetune_case if args.case in FINETUNE_CASES else run_case)
         print(json.dumps(runner(args.case, args.steps, device)))
         return 0
     if not (DATA / "flickr8k" / "Flickr8k.token.txt").is_file():
         print(f"needs the Flickr8k captions and photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
         return 2
-    names = [n for n, (_, _, precision) in CASES.items() if device.type == "cuda" or precision == "fp32"]
-    rows = [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
-    base = rows[0]["captions_per_s"]
-    for row in rows:
-        row["vs_baseline"] = f"{row['captions_per_s'] / base:.1f}x"
-        row["vs_reference"] = f"{row['captions_per_s'] / REFERENCE_CAPTIONS_PER_S:.1f}x" if device.type == "cpu" else "-"
-    print_table(
-        f"Decoder training throughput on {device} ({machine()}); reference = the tutorial's "
-        f"{REFERENCE_CAPTIONS_PER_S} captions/s from ANCHORS.md",
-        rows, [("case", "case"), ("captions/s", "captions_per_s"), ("peak memory MB", "peak_mb"),
-               ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")],
-    )
-    names = [n for n, (_, _, precision) in SCST_CASES.items() if device.type == "cuda" or precision == "fp32"]
-    rows = [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
-    base = rows[0]["images_per_s"]
-    for row in rows:
-        row["vs_xent"] = f"{row['images_per_s'] / base:.2f}x"
-    print_table(
-        f"Self-critical training against cross-entropy on {device} ({machine()}): the shipped model, real "
-        "features; SCST samples 5 captions per image (max 16 words) and re-scores them with teacher forcing",
-        rows, [("case", "case"), ("images/s", "images_per_s"), ("captions sampled/s", "sampled_per_s"),
-               ("reward time share", "reward_share"), ("peak memory MB", "peak_mb"), ("vs cross-entropy", "vs_xent")],
-    )
+    def run_all(names: list[str]) -> list[dict]:
+        return [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
+
+    if "decoder" in args.tables:
+        rows = run_all([n for n, (_, _, precision) in CASES.items() if device.type == "cuda" or precision == "fp32"])
+        base = rows[0]["captions_per_s"]
+        for row in rows:
+            row["vs_baseline"] = f"{row['captions_per_s'] / base:.1f}x"
+            row["vs_reference"] = (f"{row['captions_per_s'] / REFERENCE_CAPTIONS_PER_S:.1f}x"
+                                   if device.type == "cpu" else "-")
+        print_table(
+            f"Decoder training throughput on {device} ({machine()}); reference = the tutorial's "
+            f"{REFERENCE_CAPTIONS_PER_S} captions/s from ANCHORS.md",
+            rows, [("case", "case"), ("captions/s", "captions_per_s"), ("peak memory MB", "peak_mb"),
+                   ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")],
+        )
+    if "scst" in args.tables:
+        rows = run_all([n for n, (_, _, precision) in SCST_CASES.items() if device.type == "cuda" or precision == "fp32"])
+        base = rows[0]["images_per_s"]
+        for row in rows:
+            row["vs_xent"] = f"{row['images_per_s'] / base:.2f}x"
+        print_table(
+            f"Self-critical training against cross-entropy on {device} ({machine()}): the shipped model, real "
+            "features; SCST samples 5 captions per image (max 16 words) and re-scores them with teacher forcing",
+            rows, [("case", "case"), ("images/s", "images_per_s"), ("captions sampled/s", "sampled_per_s"),
+                   ("reward time share", "reward_share"), ("peak memory MB", "peak_mb"),
+                   ("vs cross-entropy", "vs_xent")],
+        )
+    if "finetune" in args.tables:
+        rows = run_all(list(FINETUNE_CASES))
+        for row in rows:
+            frozen = next(r for r in rows if r["case"].split(",")[0] == row["case"].split(",")[0])
+            row["vs_frozen"] = f"{row['images_per_s'] / frozen['images_per_s']:.2f}x"
+        print_table(
+            f"Fine-tuning the last encoder stages on {device} ({machine()}): 16 real photos (80 captions) a step, "
+            f"decoder 512; an epoch is the {FLICKR8K_TRAIN_PHOTOS:,} Flickr8k train photos",
+            rows, [("case", "case"), ("photos/s", "images_per_s"), ("minutes per epoch", "epoch_min"),
+                   ("trainable M params", "trainable_m"), ("peak memory MB", "peak_mb"),
+                   ("vs frozen", "vs_frozen")],
+        )
     return 0
 
 

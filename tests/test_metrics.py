@@ -78,6 +78,8 @@ def test_evaluate_a_results_file_writes_metrics(tmp_path):
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["scores"] == report["scores"] and written["images_scored"] == 2
     assert written["scores"]["Bleu_1"] > 0
+    words = {word for text in PREDICTIONS.values() for word in text.split()}
+    assert written["distinct_captions"] == 2 and written["distinct_words"] == len(words)
 
     results.write_text(json.dumps([{"image_id": 1}]))
     with pytest.raises(ValueError, match="entry 0 needs 'image_id' and a 'caption' string"):

@@ -126,6 +126,7 @@ def evaluate(
         "images_scored": len(predictions),
         "scores": scores,
         "distinct_captions": len(set(predictions.values())),
+        "distinct_words": len({word for text in predictions.values() for word in text.split()}),
         "degenerate_share": degenerate_share(predictions.values()),
         "skipped": skipped,
         "unreadable_images": errors,

@@ -20,13 +20,13 @@ from caption.decoding.beam import Hypothesis
 from caption.decoding.generate import Generator
 from caption.errors import ErrorKind, ImageLoadError, VideoLoadError
 from caption.features.batching import iter_image_batches
+from caption.models import DEFAULT_MODEL
 from caption.models.captioner import CaptionModel
 from caption.models.io import is_model_dir, load_model, resolve_run_dir
 from caption.settings import DecodingLimits, decoding_settings, video_sampling
 
 logger = logging.getLogger("caption.api")
 
-DEFAULT_MODEL = "flickr8k-lite0"
 MODELS_ENV = "CAPTION_MODELS_DIR"
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from caption.evaluation.metrics import METRIC_NAMES
+from caption.models import DEFAULT_MODEL
 from caption.utils.logging import logger, setup_logging
 from caption.utils.runtime import reexec_with_malloc_tuning
 
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     def decoding_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="flickr8k-lite0", help="model directory, training run, or shipped name")
+        p.add_argument("--model", default=DEFAULT_MODEL, help="model directory, training run, or shipped name")
         p.add_argument("--beam-size", type=int, help="beams per image (default: the model's, else 3)")
         p.add_argument("--max-length", type=int, help="most words in a caption (default: the model's)")
         p.add_argument("--length-penalty", type=float,

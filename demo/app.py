@@ -17,6 +17,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo reports nothing home
 
+from caption.models import DEFAULT_MODEL  # noqa: E402
 from caption.utils.logging import setup_logging  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ def example_photos(limit: int = 8) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="flickr8k-lite0", help="model directory, training run, or shipped name")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory, training run, or shipped name")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")

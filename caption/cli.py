@@ -125,12 +125,24 @@ def _batch(args: argparse.Namespace) -> int:
     found = discover(args.inputs, args.file_list)
     if not found.files:
         raise ValueError("nothing to caption: the inputs name no image or video files")
+    if args.engine == "ray":
+        from caption.api import resolve_model
+        from caption.serving.ray_batch import caption_files_ray, import_ray
+
+        import_ray()  # says how to install it before the model is loaded
     captioner = Captioner.load(args.model, device=args.device)
-    summary = caption_files(
-        captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
-        batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
-        decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
-    )
+    decoding = captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty)
+    if args.engine == "ray":
+        summary = caption_files_ray(
+            str(resolve_model(args.model).resolve()), found.files, args.out, fmt=args.format, annotations=args.annotations, decoding=decoding,
+            address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor,
+            block_size=args.block_size, batch_size=args.batch_size, num_workers=args.workers,
+            progress=not args.no_progress)
+    else:
+        summary = caption_files(
+            captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
+            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress, decoding=decoding)
     print(summary.report(found), end="", file=sys.stderr)
     print(f"wrote {summary.output}", file=sys.stderr)
     return EXIT_SOME_FAILED if summary.failed or summary.failed_before else EXIT_OK
@@ -235,11 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "skips what it already holds; unreadable files are reported in it, never fatal.")
     batch.add_argument("inputs", nargs="*", help="image and video files, folders, or globs such as 'photos/**/*.jpg'")
     batch.add_argument("--file-list", action="append", default=[], metavar="FILE",
-                       help="a text file with one path per line (may be repeated)")
+                       help="one path per line, or a .csv/.parquet listing with a 'path' column (may be repeated)")
     batch.add_argument("--out", required=True, help="results file: .jsonl, .csv or .json (COCO results)")
     batch.add_argument("--format", choices=["jsonl", "csv", "coco"], help="default: from the --out extension")
     batch.add_argument("--annotations", help="coco: take image ids from this COCO caption JSON")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: on a Ray cluster through Ray Data (pip install 'caption[ray]')")
+    batch.add_argument("--address", help="ray: the cluster, 'auto' or HOST:PORT (default: start a local one)")
+    batch.add_argument("--actors", type=int, default=1, help="ray: captioning actors, one model each")
+    batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs per actor (0: on CPUs)")
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs per actor (its torch threads)")
+    batch.add_argument("--block-size", type=int, default=256,
+                       help="ray: files per block, the unit of work, retry and resume")
     decoding_options(batch)
     batch.set_defaults(run=_batch, batch_size=32)
 

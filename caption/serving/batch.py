@@ -147,7 +147,8 @@ class BatchSummary:
     already_done: int = 0  # found in the output of an earlier run and skipped
     failed_before: int = 0  # of those, recorded as bad by an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), this run's
-    seconds: float = 0.0
+    seconds: float = 0.0  # captioning, after start-up
+    startup_seconds: float = 0.0  # the Ray engine: connecting to the cluster and loading the actors' models
 
     @property
     def images_per_s(self) -> float:
@@ -155,8 +156,9 @@ class BatchSummary:
 
     def report(self, found: Discovered | None = None, show: int = 20) -> str:
         out = io.StringIO()
-        out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s), {len(self.failed)} could not "
-                  f"be read, {self.already_done} already in {self.output}")
+        startup = f" after {self.startup_seconds:.1f} s of start-up" if self.startup_seconds else ""
+        out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s{startup}), {len(self.failed)} could "
+                  f"not be read, {self.already_done} already in {self.output}")
         if self.failed_before:
             out.write(f" ({self.failed_before} of them recorded as bad: delete their lines to try them again)")
         if found is not None and found.ignored:
@@ -172,7 +174,8 @@ class BatchSummary:
         return out.getvalue()
 
 
-def _record(result: CaptionResult) -> dict[str, Any]:
+def record_of(result: CaptionResult) -> dict[str, Any]:
+    """A result as one line of the output (both engines write these)."""
     if not result.ok:
         return {"source": result.source, "error": result.error, "error_kind": result.error_kind}
     record = {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
@@ -216,7 +219,7 @@ def caption_files(
     bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
     with journal.open() as writer, bar:
         for count, result in enumerate(results, 1):
-            writer.write(_record(result))
+            writer.write(record_of(result))
             if result.ok:
                 summary.captioned += 1
             else:

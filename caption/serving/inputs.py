@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,13 +40,46 @@ def is_media_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in MEDIA_EXTENSIONS
 
 
+LISTING_COLUMN = "path"
+
+
 def read_file_list(path: str | Path) -> list[str]:
-    """One path per line; blank lines and lines starting with # are skipped."""
+    """One path per line (blank lines and lines starting with # are skipped), or a CSV or Parquet listing
+    with a ``path`` column, as exported from a table of an archive."""
+    suffix = Path(path).suffix.lower()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if suffix == ".parquet":
+            return _listing_column(path, _parquet_columns(path))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot read the file list {path}: {err.strerror or err}") from None
+    if suffix == ".csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        header = rows[0] if rows else []
+        columns = {name.strip(): [row[i] if i < len(row) else "" for row in rows[1:]] for i, name in enumerate(header)}
+        return _listing_column(path, columns)
+    lines = text.splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _parquet_columns(path: str | Path) -> dict[str, list]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading a Parquet listing needs pyarrow: pip install pyarrow "
+                         "(it comes with 'caption[ray]')") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from None
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def _listing_column(path: str | Path, columns: dict[str, list]) -> list[str]:
+    if LISTING_COLUMN not in columns:
+        raise InputError(f"{path}: a listing needs a {LISTING_COLUMN!r} column with the files; its columns are "
+                         f"{', '.join(map(repr, columns)) or 'none'}")
+    return [str(value).strip() for value in columns[LISTING_COLUMN] if value is not None and str(value).strip()]
 
 
 def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovered:

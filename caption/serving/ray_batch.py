@@ -137,9 +137,11 @@ def caption_files_ray(
     blocks = plan_blocks(files, block_size)
     done = [b for b in blocks if (blocks_dir / b.name).is_file()]
     todo = [b for b in blocks if not (blocks_dir / b.name).is_file()]
-    earlier = [r for b in done for r in read_block(blocks_dir / b.name)]
-    summary = BatchSummary(output=output, total=len(files), already_done=len(earlier),
-                           failed_before=sum("error" in r for r in earlier))
+    summary = BatchSummary(output=output, total=len(files))
+    for block in done:  # one block in memory at a time
+        earlier = read_block(blocks_dir / block.name)
+        summary.already_done += len(earlier)
+        summary.failed_before += sum("error" in r for r in earlier)
 
     started, wall_start = time.perf_counter(), time.time()
     if todo:
@@ -177,8 +179,9 @@ def caption_files_ray(
 
 
 def merge_blocks(blocks: list[Block], blocks_dir: Path, output: Path, fmt: str, image_ids: dict) -> None:
-    """The whole output, in input order, written at once: what the local engine would have written."""
-    records = [r for b in blocks for r in read_block(blocks_dir / b.name)]
+    """The whole output, in input order, written at once: what the local engine would have written. Records
+    stream through block by block, so memory holds one block, not the archive."""
+    records = (r for b in blocks for r in read_block(blocks_dir / b.name))
     if fmt == "coco":
         atomic_write_json(output, [{"image_id": image_ids[r["source"]], "caption": r["caption"]}
                                    for r in records if "caption" in r])

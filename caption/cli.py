@@ -125,24 +125,22 @@ def _batch(args: argparse.Namespace) -> int:
     found = discover(args.inputs, args.file_list)
     if not found.files:
         raise ValueError("nothing to caption: the inputs name no image or video files")
-    if args.engine == "ray":
+    if args.engine == "ray":  # the model is loaded by each actor, not here
         from caption.api import resolve_model
-        from caption.serving.ray_batch import caption_files_ray, import_ray
+        from caption.serving.ray_batch import caption_files_ray
 
-        import_ray()  # says how to install it before the model is loaded
-    captioner = Captioner.load(args.model, device=args.device)
-    decoding = captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty)
-    if args.engine == "ray":
         summary = caption_files_ray(
-            str(resolve_model(args.model).resolve()), found.files, args.out, fmt=args.format, annotations=args.annotations, decoding=decoding,
-            address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-            cpus_per_actor=args.cpus_per_actor,
-            block_size=args.block_size, batch_size=args.batch_size, num_workers=args.workers,
-            progress=not args.no_progress)
+            str(resolve_model(args.model).resolve()), found.files, args.out, fmt=args.format,
+            annotations=args.annotations, beam_size=args.beam_size, max_length=args.max_length,
+            length_penalty=args.length_penalty, address=args.address, actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, block_size=args.block_size,
+            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     else:
+        captioner = Captioner.load(args.model, device=args.device)
         summary = caption_files(
             captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
-            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress, decoding=decoding)
+            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+            decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty))
     print(summary.report(found), end="", file=sys.stderr)
     print(f"wrote {summary.output}", file=sys.stderr)
     return EXIT_SOME_FAILED if summary.failed or summary.failed_before else EXIT_OK

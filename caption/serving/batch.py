@@ -40,6 +40,14 @@ def infer_format(path: str | Path) -> str:
     return formats[suffix]
 
 
+def output_format(output: str | Path, fmt: str | None = None) -> str:
+    """``fmt``, or the one the output's extension names; refuses an unknown one."""
+    fmt = fmt or infer_format(output)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def _drop_partial_line(path: Path) -> None:
     """A kill can leave half a record at the end: cut the file back to its last complete line."""
     with open(path, "rb+") as handle:
@@ -198,9 +206,7 @@ def caption_files(
 ) -> BatchSummary:
     """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring."""
     output, files = Path(output), list(files)
-    fmt = fmt or infer_format(output)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
+    fmt = output_format(output, fmt)
     # Before captioning, not after: every file needs its own image id in the annotations.
     image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
     journal = Journal(output.with_name(output.name + ".progress.jsonl") if fmt == "coco" else output, fmt)

@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from caption.config import DecodingConfig
 from caption.serving.batch import (
-    FORMATS,
     BatchSummary,
     JournalWriter,
     _annotation_ids,
     coco_image_ids,
-    infer_format,
+    output_format,
     record_of,
 )
+from caption.settings import decoding_settings
 from caption.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install 'caption[ray]' (or pip install 'ray[data]')"
@@ -84,7 +84,7 @@ class BlockCaptioner:
         if Path(cwd).is_dir():
             os.chdir(cwd)
         self.captioner = Captioner.load(model, device=device)
-        self.decoding = DecodingConfig(**decoding)
+        self.decoding = self.captioner.resolve_decoding(**decoding)  # the model's defaults for what is not given
         self.blocks_dir = Path(blocks_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.ready_at = time.time()  # reported with this actor's first block: when captioning could begin
@@ -110,7 +110,9 @@ def caption_files_ray(
     *,
     fmt: str | None = None,
     annotations: str | Path | None = None,
-    decoding: DecodingConfig,
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    length_penalty: float | None = None,
     address: str | None = None,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
@@ -121,12 +123,13 @@ def caption_files_ray(
     progress: bool = True,
 ) -> BatchSummary:
     """Caption ``files`` into ``output`` on a Ray cluster (``address``: ``auto``, ``HOST:PORT``, or None for a
-    local one started here); see the module docstring."""
+    local one started here) with the model directory ``model``; decoding settings left as None take the
+    model's defaults. See the module docstring."""
     ray = import_ray()
     output = Path(output)
-    fmt = fmt or infer_format(output)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
+    fmt = output_format(output, fmt)
+    decoding = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
+    decoding_settings(DecodingConfig(), **decoding)  # a bad value is refused here, not in every actor
     if actors < 1:
         raise ValueError(f"--actors {actors} is not allowed: choose a whole number, 1 or more")
     image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
@@ -155,8 +158,7 @@ def caption_files_ray(
             BlockCaptioner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor, fn_constructor_kwargs={
                 "model": str(model), "device": "cuda" if gpus_per_actor else "cpu",
-                "decoding": {"beam_size": decoding.beam_size, "max_length": decoding.max_length,
-                             "length_penalty": decoding.length_penalty},
+                "decoding": decoding,
                 "blocks_dir": str(blocks_dir.resolve()), "batch_size": batch_size, "num_workers": num_workers,
                 "cwd": os.getcwd(), "threads": max(1, int(cpus_per_actor))})
         sizes = {b.name: len(b.files) for b in todo}

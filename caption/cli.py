@@ -146,10 +146,59 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if summary.failed or summary.failed_before else EXIT_OK
 
 
+def _evaluate_splits(args: argparse.Namespace) -> list:
+    """The splits to caption: --config's data.val (or its flat val keys), --split NAME ANNOTATIONS IMAGES, or
+    the one --annotations/--images pair."""
+    from caption.config import ConfigError, DataSetConfig, load_config
+
+    splits = []
+    if args.config:
+        splits += load_config(args.config).data.val_sets()
+        if not splits:
+            raise ConfigError(f"{args.config}: no validation split (data.val or data.val_annotations) to evaluate")
+    splits += [DataSetConfig(annotations, images, 1.0, name) for name, annotations, images in args.split]
+    names = [split.name for split in splits]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"caption evaluate: two splits are named alike ({', '.join(names)}): name each differently")
+    return splits
+
+
+def _print_report(report: dict, title: str = "") -> None:
+    if title:
+        print(f"== {title}: {report['annotations']} ({report['images_scored']} images)")
+    for name, value in report["scores"].items():
+        print(f"{name:8s} {value:.4f}")
+    chair = report["chair"]
+    print(f"CHAIRs   {chair['CHAIRs']:.4f}  (captions naming a COCO object no reference names)")
+    print(f"CHAIRi   {chair['CHAIRi']:.4f}  ({chair['hallucinated_mentions']} of {chair['object_mentions']} object mentions)")
+    print(f"distinct captions {report['distinct_captions']} of {report['images_scored']}, "
+          f"{report['distinct_words']} distinct words, degenerate {report['degenerate_share']:.1%} (a repeated word pair or a dangling last word)")
+    for reason in report["skipped"].values():
+        print(reason)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from caption.api import Captioner
-    from caption.evaluation.evaluate import evaluate
+    from caption.evaluation.evaluate import evaluate, evaluate_splits
 
+    splits = _evaluate_splits(args)
+    if splits:
+        if args.annotations or args.results or args.images:
+            raise SystemExit("caption evaluate: give the splits either with --config/--split, or with --annotations")
+        captioner = Captioner.load(args.model, device=args.device)
+        summary = evaluate_splits(
+            splits, args.out, generator=captioner.generator, metrics=args.metrics, batch_size=args.batch_size,
+            num_workers=args.workers, max_images=args.max_images,
+            decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
+        )
+        for name, report in summary["splits"].items():
+            _print_report(report, name)
+        if "mean_CIDEr" in summary:
+            print(f"== weighted mean CIDEr of the {len(splits)} splits: {summary['mean_CIDEr']:.4f}")
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+        return 0
+    if not args.annotations:
+        raise SystemExit("caption evaluate: give --annotations (with --images or --results), --split or --config")
     if (args.results is None) == (args.images is None):
         raise SystemExit("caption evaluate: give either --results FILE, or --images DIR (with --model)")
     captioner = Captioner.load(args.model, device=args.device) if args.images else None
@@ -159,12 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         decoding=captioner and captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
         max_images=args.max_images,
     )
-    for name, value in report["scores"].items():
-        print(f"{name:8s} {value:.4f}")
-    print(f"distinct captions {report['distinct_captions']} of {report['images_scored']}, "
-          f"{report['distinct_words']} distinct words, degenerate {report['degenerate_share']:.1%} (a repeated word pair or a dangling last word)")
-    for reason in report["skipped"].values():
-        print(reason)
+    _print_report(report)
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -262,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(run=_batch, batch_size=32)
 
     evaluate = commands.add_parser("evaluate", help="COCO caption metrics for a model or a results file")
-    evaluate.add_argument("--annotations", required=True, help="COCO caption JSON with the references")
+    evaluate.add_argument("--annotations", help="COCO caption JSON with the references")
     evaluate.add_argument("--images", help="image folder: caption it with --model")
+    evaluate.add_argument("--split", nargs=3, action="append", default=[], metavar=("NAME", "ANNOTATIONS", "IMAGES"),
+                          help="a split to caption and score on its own (may be repeated; --out NAME/ holds each)")
+    evaluate.add_argument("--config", help="a training config: caption and score each of its data.val splits")
     evaluate.add_argument("--results", help="a COCO results JSON to score instead")
     evaluate.add_argument("--out", default="eval", help="folder for results.json and metrics.json")
     evaluate.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRIC_NAMES))

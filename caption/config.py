@@ -104,25 +104,82 @@ class DecoderConfig:
 
 
 @dataclass
+class DataSetConfig:
+    """One caption data set: a COCO caption JSON and its image (or video) folder."""
+
+    annotations: str = ""
+    images: str = ""
+    # Training: images drawn per epoch = weight x the set's images (see DataConfig). Validation: the split's
+    # weight in the combined score that picks the best checkpoint (0: scored and logged, never chosen by).
+    weight: float = 1.0
+    # How logs, metrics and plots name the set; empty: the annotation file's name without ".json".
+    name: str = ""
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.annotations), f"{key}.annotations", "is empty: name a COCO caption JSON (caption prepare makes one)")
+        _require(self.weight >= 0, f"{key}.weight", "must be 0 or more")
+
+
+@dataclass
 class DataConfig:
+    # One data set: the flat keys. Several: ``train`` (and ``val``) as lists of {annotations, images, weight,
+    # name}; each epoch then draws round(weight x size) images of every training set, all of them once for
+    # weight 1, each twice for 2, a random half for 0.5, drawn afresh every epoch, shuffled together.
     train_annotations: str = ""
     train_images: str = ""
     val_annotations: str = ""
     val_images: str = ""
+    train: list[DataSetConfig] = field(default_factory=list)
+    val: list[DataSetConfig] = field(default_factory=list)
     min_word_count: int = 5
     max_caption_length: int = 20
-    # 0 uses every validation image; a smaller number keeps validation quick on big splits.
+    # 0 uses every validation image; a smaller number keeps validation quick on big splits (per split).
     max_val_images: int = 0
     # Video data: frames sampled uniformly from each video (its "image" entries are video files); 0: images.
     num_frames: int = 0
 
+    def train_sets(self) -> list[DataSetConfig]:
+        """The training sets, named: ``train`` or the one set the flat keys give."""
+        if self.train:
+            return _named(self.train)
+        return [DataSetConfig(self.train_annotations, self.train_images, 1.0, "train")]
+
+    def val_sets(self) -> list[DataSetConfig]:
+        """The validation splits, named (images default to the first training set's folder)."""
+        if self.val:
+            return _named(self.val)
+        if not self.val_annotations:
+            return []
+        return [DataSetConfig(self.val_annotations, self.val_images or self.train_images, 1.0, "val")]
+
     def validate(self) -> None:
-        _require(bool(self.train_annotations), "data.train_annotations",
-                 "is empty: name a COCO caption JSON (caption prepare makes one)")
+        _require(not (self.train and (self.train_annotations or self.train_images)), "data.train",
+                 "and data.train_annotations/train_images are both set: give the sets as data.train only")
+        _require(not (self.val and (self.val_annotations or self.val_images)), "data.val",
+                 "and data.val_annotations/val_images are both set: give the splits as data.val only")
+        if self.train:
+            for i, item in enumerate(self.train):
+                item.validate(f"data.train[{i}]")
+            _require(sum(item.weight for item in self.train) > 0, "data.train", "weights must not all be 0")
+        else:
+            _require(bool(self.train_annotations), "data.train_annotations",
+                     "is empty: name a COCO caption JSON (caption prepare makes one), or give data.train as a list")
+        for i, item in enumerate(self.val):
+            item.validate(f"data.val[{i}]")
+        for key, sets in (("data.train", self.train), ("data.val", self.val)):
+            names = [item.name for item in _named(sets)]
+            duplicate = next((name for name in names if names.count(name) > 1), None)
+            _require(duplicate is None, key, f"names two sets {duplicate!r}: give each a distinct 'name'")
+        _require(not self.val or sum(item.weight for item in self.val) > 0, "data.val",
+                 "weights must not all be 0 (they weight the score that chooses the best checkpoint)")
         _require(self.min_word_count >= 1, "data.min_word_count", "must be at least 1")
         _require(self.max_caption_length >= 1, "data.max_caption_length", "must be at least 1")
         _require(self.max_val_images >= 0, "data.max_val_images", "must be 0 (all) or more")
         _require(self.num_frames >= 0, "data.num_frames", "must be 0 (images) or the frames per video")
+
+
+def _named(sets: list[DataSetConfig]) -> list[DataSetConfig]:
+    return [dataclasses.replace(item, name=item.name or Path(item.annotations).stem) for item in sets]
 
 
 @dataclass
@@ -198,6 +255,10 @@ class ScstConfig:
     # (caption.evaluation.degenerate). CIDEr-D alone still pays for "on a bench on a bench" (the clipped
     # n-grams of the repeat match), so SCST drifts towards such captions; 0 turns the penalty off.
     degenerate_penalty: float = 1.0
+    # Subtracted from a sampled caption's reward for each COCO object it names that none of the image's
+    # references names (CHAIR's test, caption.evaluation.chair): CIDEr-D pays for the n-grams a wrong object
+    # shares with the references ("a dog sitting on a bench"), so a model may keep guessing; 0 turns it off.
+    hallucination_penalty: float = 0.0
 
     def validate(self) -> None:
         _require(self.samples >= 1, "scst.samples", "must be at least 1")
@@ -207,6 +268,7 @@ class ScstConfig:
         _require(self.max_length >= 1, "scst.max_length", "must be at least 1")
         _require(self.temperature > 0, "scst.temperature", "must be positive")
         _require(self.degenerate_penalty >= 0, "scst.degenerate_penalty", "must be 0 (off) or more")
+        _require(self.hallucination_penalty >= 0, "scst.hallucination_penalty", "must be 0 (off) or more")
 
     @property
     def decoding(self) -> DecodingConfig:
@@ -246,6 +308,8 @@ class ValConfig:
     # Images per batch whenever images are encoded (the feature cache) or captioned (validation).
     batch_size: int = 64
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
+    # The best checkpoint has the highest select_metric; with several dev splits (data.val), the highest mean
+    # of the splits' scores weighted by their data.val weights.
     select_metric: str = "CIDEr"
 
     @property
@@ -326,6 +390,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise ConfigError(f"config field '{key}' must be a list, got {value!r}")
+        if dataclasses.is_dataclass(item_type):
+            return [_section(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
@@ -344,6 +410,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     else:  # pragma: no cover - every field above is one of these types
         raise TypeError(f"unsupported config type {annotation!r} for {key}")
     raise ConfigError(f"config field '{key}' must be {annotation.__name__}, got {value!r}")
+
+
+def _section(value: Any, section_type: type, key: str) -> Any:
+    """A config dataclass built from a mapping (an item of a list of sections such as ``data.train``)."""
+    if isinstance(value, section_type):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(section_type))}, "
+                          f"got {value!r}")
+    section = section_type()
+    apply_values(section, value, prefix=f"{key}.")
+    return section
 
 
 def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> None:

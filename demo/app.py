@@ -24,12 +24,20 @@ HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("CAPTION_DATA", HERE.parent.parent / "shared" / "data"))
 
 
+# COCO dev photos beside the Flickr8k ones: food, animals and street scenes, which Flickr8k lacks (a pizza, a
+# cake, an elephant, a show jumper, a double-decker bus, a train at a station).
+COCO_EXAMPLES = ("000000116208.jpg", "000000211825.jpg", "000000106757.jpg", "000000100510.jpg",
+                 "000000001584.jpg", "000000369675.jpg")
+
+
 def example_photos(limit: int = 8) -> list[str]:
-    """The full-size Flickr8k sample photos and the MSVD clips when the shared data is there, else the small
-    photos in the repo."""
+    """Everyday COCO dev photos, the full-size Flickr8k sample photos and the MSVD clips when the shared data is
+    there, else the small photos in the repo."""
+    coco = [DATA / "coco" / "val2017" / name for name in COCO_EXAMPLES]
     full_size = sorted((DATA / "flickr8k" / "photos_fullres").glob("*.jpg"))[:limit]
     clips = sorted((DATA / "msvd" / "videos").glob("*.avi"))
-    return [str(p) for p in [*full_size, *clips] or sorted((HERE / "examples").glob("*.jpg"))]
+    found = [*(p for p in coco if p.is_file()), *full_size, *clips]
+    return [str(p) for p in found or sorted((HERE / "examples").glob("*.jpg"))]
 
 
 def main() -> int:

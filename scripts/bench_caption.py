@@ -2,9 +2,9 @@
 images in memory), files through the encoder (reading and resizing included: the pipeline without a
 decoder), and end to end (files to captions, beam 3 and greedy); one image at a time as the baseline, and
 one full-size photo's latency. The default compares the default model with the previous one,
-flickr8k-lite0, in the same run.
+flickr8k-lite2, in the same run.
 
-    python scripts/bench_caption.py [--models flickr8k-lite2 flickr8k-lite0] [--images 192]
+    python scripts/bench_caption.py [--models everyday-lite2 flickr8k-lite2] [--images 192]
                                     [--batch-sizes 1 8 32 64] [--device auto]
 
 Images are Flickr8k dev photos and the full-size sample photos ($CAPTION_DATA, default ../shared/data).
@@ -28,7 +28,7 @@ from caption.features.batching import iter_image_batches  # noqa: E402
 
 REFERENCE_IMAGES_PER_S = 5.13  # ../shared/ANCHORS.md: the tutorial, one image at a time, beam 3
 REFERENCE_PHOTO_MS = 247.0
-PREVIOUS_DEFAULT = "flickr8k-lite0"
+PREVIOUS_DEFAULT = "flickr8k-lite2"
 
 
 def dev_images(count: int) -> list[str]:

@@ -126,7 +126,7 @@ def test_two_process_ddp_run_with_gloo_validates_and_keeps_the_best(tiny_config,
     assert all(r["world_size"] == 2 for r in records)
     # Each rank takes half of the 16 images: 8 / batch 2 = 4 steps an epoch.
     assert _progress(run)["global_step"] == 8
-    assert {"Bleu_4", "CIDEr"} <= set(records[0]["val"]["scores"])
+    assert {"Bleu_4", "CIDEr"} <= set(records[0]["val"]["splits"]["val"]["scores"])
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "CIDEr"
     assert (run / "val_results_best.json").is_file()

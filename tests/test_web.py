@@ -122,6 +122,16 @@ def test_example_photos_fall_back_to_the_small_ones_in_the_repo(monkeypatch, tmp
     assert [Path(p).name for p in app.example_photos()] == ["astronaut.jpg", "cat.jpg", "coffee.jpg"]
 
 
+def test_example_photos_include_everyday_coco_photos(flickr_dir):
+    require(DATA / "coco" / "val2017")
+    spec = importlib.util.spec_from_file_location("demo_app", REPO / "demo" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    examples = [Path(p) for p in app.example_photos()]
+    assert [p.name for p in examples[:6]] == list(app.COCO_EXAMPLES)  # the first ones a user sees
+    assert any(p.parent.name == "photos_fullres" for p in examples) and any(p.suffix == ".avi" for p in examples)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``demo/app.py`` on the shipped model, as ``make demo`` starts it; yields (url, log file)."""

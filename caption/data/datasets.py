@@ -6,11 +6,12 @@ projects each image's features once for its five captions instead of five times.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from caption.data.coco import CaptionSet
 from caption.data.images import ImageLoadError, ImageTransform
@@ -97,6 +98,59 @@ class ResumableDistributedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+class WeightedSetSampler(Sampler[int]):
+    """Samples over several data sets concatenated (``torch.utils.data.ConcatDataset`` order) by weight.
+
+    An epoch draws round(weight x size) items of each set: every item once per whole unit of the weight,
+    then a random subset for the fraction (0.5: a random half, drawn afresh each epoch). The draws are
+    shuffled together and dealt to the ranks as ``DistributedSampler`` does (padded to a multiple of the
+    world size). The order is a function of seed and epoch only, and ``set_start`` skips what a resumed run
+    already used, as in ``ResumableDistributedSampler``.
+    """
+
+    def __init__(self, set_sizes: Sequence[int], weights: Sequence[float], *, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0):
+        self.set_sizes = list(set_sizes)
+        self.draws = [round(weight * size) for size, weight in zip(set_sizes, weights)]
+        self.offsets = np.cumsum([0, *self.set_sizes[:-1]]).tolist()
+        self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
+        self.total = sum(self.draws)
+        if self.total == 0:
+            raise ValueError("the data set weights leave nothing to draw in an epoch: raise a weight")
+        self.num_samples = math.ceil(self.total / num_replicas)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start(self, consumed: int) -> None:
+        self.start = consumed
+
+    def epoch_indices(self) -> list[int]:
+        """This epoch's draws over all ranks, in order, before padding and dealing."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        picks = []
+        for offset, size, draws in zip(self.offsets, self.set_sizes, self.draws):
+            whole, rest = divmod(draws, size) if size else (0, 0)
+            picks += [offset + torch.randperm(size, generator=generator) for _ in range(whole)]
+            if rest:
+                picks.append(offset + torch.randperm(size, generator=generator)[:rest])
+        drawn = torch.cat(picks)
+        return drawn[torch.randperm(len(drawn), generator=generator)].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices()
+        padded = self.num_samples * self.num_replicas
+        while len(indices) < padded:  # as DistributedSampler: repeat from the start to fill every rank's share
+            indices += indices[: padded - len(indices)]
+        return iter(indices[self.rank : padded : self.num_replicas][self.start :])
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from caption.config import DecodingConfig
+from caption.config import DataSetConfig, DecodingConfig
 from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
 from caption.data.video import VideoTransform, is_video
 from caption.decoding.generate import Generator
+from caption.evaluation.chair import chair
 from caption.evaluation.degenerate import degenerate_share
 from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
 from caption.features.batching import iter_image_batches
@@ -93,6 +94,21 @@ def references(annotations: str | Path) -> dict[int, list[str]]:
     return refs
 
 
+def split_report(references: dict[int, list[str]], predictions: dict[int, str], metrics: Iterable[str]) -> dict:
+    """Everything one split is scored by: the caption metrics, CHAIR, and the variety of the captions."""
+    scores, _, skipped = compute_metrics(references, predictions, metrics)
+    hallucination = chair(predictions, references)
+    return {
+        "images_scored": len(predictions),
+        "scores": scores,
+        "chair": hallucination.summary(),
+        "distinct_captions": len(set(predictions.values())),
+        "distinct_words": len({word for text in predictions.values() for word in text.split()}),
+        "degenerate_share": degenerate_share(predictions.values()),
+        "skipped": skipped,
+    }
+
+
 def evaluate(
     annotations: str | Path,
     out_dir: str | Path,
@@ -120,20 +136,40 @@ def evaluate(
             split = split.subset(list(range(min(max_images, len(split)))))
         predictions, errors = predict_split(generator, split, decoding, batch_size=batch_size, num_workers=num_workers)
         atomic_write_json(out_dir / "results.json", results_list(predictions))
-    scores, _, skipped = compute_metrics(refs, predictions, metrics)
-    report = {
-        "annotations": str(annotations),
-        "images_scored": len(predictions),
-        "scores": scores,
-        "distinct_captions": len(set(predictions.values())),
-        "distinct_words": len({word for text in predictions.values() for word in text.split()}),
-        "degenerate_share": degenerate_share(predictions.values()),
-        "skipped": skipped,
-        "unreadable_images": errors,
-    }
+    report = {"annotations": str(annotations), **split_report(refs, predictions, metrics), "unreadable_images": errors}
     if results_file is not None:
         report["results"] = str(results_file)
     else:
         report["decoding"] = dataclasses.asdict(decoding)
     atomic_write_json(out_dir / "metrics.json", report)
     return report
+
+
+def evaluate_splits(
+    splits: list[DataSetConfig],
+    out_dir: str | Path,
+    *,
+    generator: Generator,
+    decoding: DecodingConfig,
+    metrics: Iterable[str] = METRIC_NAMES,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    max_images: int = 0,
+) -> dict:
+    """Score a model on several splits, each on its own (its CIDEr uses its own document frequencies):
+    ``<out_dir>/<name>/`` holds each split's results.json and metrics.json, ``<out_dir>/metrics.json`` all of
+    them and their weighted mean CIDEr (the split weights of the config)."""
+    out_dir = Path(out_dir)
+    reports = {
+        split.name: evaluate(split.annotations, out_dir / split.name, generator=generator, decoding=decoding,
+                             images=split.images, metrics=metrics, batch_size=batch_size, num_workers=num_workers,
+                             max_images=max_images)
+        for split in splits
+    }
+    summary = {"splits": reports, "decoding": dataclasses.asdict(decoding)}
+    weights = {split.name: split.weight for split in splits}
+    if "CIDEr" in next(iter(reports.values()))["scores"] and sum(weights.values()) > 0:
+        summary["mean_CIDEr"] = sum(weights[name] * r["scores"]["CIDEr"] for name, r in reports.items()) / sum(weights.values())
+        summary["weights"] = weights
+    atomic_write_json(out_dir / "metrics.json", summary)
+    return summary

@@ -2,4 +2,4 @@
 
 # The shipped model that Captioner.load(), `caption predict` and `make demo` use unless told otherwise
 # (models/<name>; its README is the model card). Here so the command line can name it without importing torch.
-DEFAULT_MODEL = "flickr8k-lite2"
+DEFAULT_MODEL = "everyday-lite2"

@@ -1,7 +1,7 @@
 """Training curves of one or more runs as one picture: loss or SCST reward per step, dev metrics per epoch.
 
 A run directory holds ``steps.jsonl`` (a line every ``train.log_every_steps`` steps) and ``log.jsonl`` (a line
-per epoch, with the validation scores). Runs from before steps.jsonl existed plot their per-epoch training
+per epoch, with the validation scores; a panel per dev split when there are several). Runs from before steps.jsonl existed plot their per-epoch training
 loss instead.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from caption.utils.io import atomic_write
 
 DEFAULT_METRICS = ("CIDEr", "Bleu_4")
+SPLIT_SEPARATOR = " · "
 
 
 @dataclass
@@ -61,9 +62,22 @@ def read_run(run_dir: str | Path) -> RunCurves:
             if "train_reward" in record:
                 run.reward.append((record["epoch"], record["train_reward"]))
     for record in epochs:
-        for name, value in record.get("val", {}).get("scores", {}).items():
-            run.scores.setdefault(name, []).append((record["epoch"], value))
+        val = record.get("val", {})
+        # One dev split: "CIDEr"; several: "CIDEr · coco" per split. Logs from before data mixing have the
+        # one split's scores at the top of "val".
+        splits = val.get("splits", {"": val} if "scores" in val else {})
+        for split, report in splits.items():
+            values = {**report.get("scores", {}), **({"CHAIRs": report["chair"]["CHAIRs"]} if "chair" in report else {})}
+            for name, value in values.items():
+                key = f"{name}{SPLIT_SEPARATOR}{split}" if len(splits) > 1 else name
+                run.scores.setdefault(key, []).append((record["epoch"], value))
     return run
+
+
+def metric_keys(runs: list[RunCurves], metric: str) -> list[str]:
+    """The score keys of ``metric`` across runs: the metric itself and its per-split keys, in first-seen order."""
+    keys = [key for run in runs for key in run.scores if key == metric or key.startswith(metric + SPLIT_SEPARATOR)]
+    return list(dict.fromkeys(keys))
 
 
 def plot_runs(runs: list[RunCurves], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS):
@@ -85,9 +99,8 @@ def plot_runs(runs: list[RunCurves], out: str | Path, metrics: tuple[str, ...] =
     if scst:
         panels.append(("SCST: mean sampled reward (CIDEr-D)", "reward", scst))
     for metric in metrics:
-        scored = [run for run in runs if run.scores.get(metric)]
-        if scored:
-            panels.append((f"dev {metric}", metric, scored))
+        for key in metric_keys(runs, metric):
+            panels.append((f"dev {key}", key, [run for run in runs if run.scores.get(key)]))
     if not panels:
         raise ValueError("nothing to plot: the runs have no logged steps or epochs yet")
 

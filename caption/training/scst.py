@@ -1,6 +1,6 @@
 """Self-critical sequence training (Rennie et al. 2017): sample captions, reward them with CIDEr-D
-against the image's references (less a penalty for degenerate ones), and raise the log-probability of
-those that beat the baseline."""
+against the image's references (less penalties for degenerate ones and for objects the references do not
+name), and raise the log-probability of those that beat the baseline."""
 
 from __future__ import annotations
 
@@ -18,10 +18,16 @@ from caption.config import DecodingConfig, ScstConfig
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import beam_search
 from caption.decoding.sample import sample, sampling_log_probs
+from caption.evaluation.chair import caption_objects, image_objects
 from caption.evaluation.degenerate import is_degenerate
 from caption.models.captioner import CaptionModel
 from caption.training.losses import scst_loss
 from caption.training.rewards import CiderD
+
+
+def hallucinated_objects(words: list[str], truth: set[str]) -> int:
+    """How many distinct COCO objects a caption names that are not among the image's ``truth`` categories."""
+    return len({category for category, _ in caption_objects(" ".join(words))} - truth)
 
 
 class SelfCritical:
@@ -61,10 +67,15 @@ class SelfCritical:
         rewards = self.reward.scores(candidates, [references[i] for i in owner], [keys[i] for i in owner])  # (B*K,)
         degenerate = np.array([is_degenerate(words) for words in candidates], dtype=np.float64)  # (B*K,)
         rewards = rewards - cfg.degenerate_penalty * degenerate
+        truth = [image_objects(" ".join(words) for words in refs) for refs in references]
+        hallucinated = np.array([hallucinated_objects(words, truth[i]) for words, i in zip(candidates, owner)],
+                                dtype=np.float64)  # (B*K,) wrong objects named by each sample
+        rewards = rewards - cfg.hallucination_penalty * hallucinated
         if greedy is not None:
             greedy_words = [[self.vocab.words[t] for t in beams[0].tokens] for beams in greedy]
             greedy_rewards = self.reward.scores(greedy_words, references, keys) - cfg.degenerate_penalty * np.array(
-                [is_degenerate(words) for words in greedy_words], dtype=np.float64)  # (B,)
+                [is_degenerate(words) for words in greedy_words], dtype=np.float64) - cfg.hallucination_penalty * np.array(
+                [hallucinated_objects(words, truth[i]) for i, words in enumerate(greedy_words)], dtype=np.float64)  # (B,)
             baseline = np.repeat(greedy_rewards, K)  # (B*K,)
         else:  # the mean reward of the image's other samples
             per_item = rewards.reshape(B, K)  # (B, K)
@@ -85,5 +96,6 @@ class SelfCritical:
             "ended": float(samples.ended.float().mean()),
             "sample_length": float(samples.lengths.float().mean()),
             "degenerate": float(degenerate.mean()),
+            "hallucinated": float((hallucinated > 0).mean()),
             "reward_time_s": reward_seconds,
         }

@@ -20,25 +20,25 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from caption.config import Config, ConfigError, config_from_dict
+from caption.config import Config, ConfigError, DataSetConfig, config_from_dict
 from caption.data.coco import CaptionSet, read_caption_set
 from caption.data.datasets import (
     FeatureCaptionDataset,
     ImageCaptionDataset,
     ResumableDistributedSampler,
+    WeightedSetSampler,
     collate_items,
     image_captions,
 )
 from caption.data.images import ImageTransform
-from caption.data.video import VideoTransform
+from caption.data.video import VideoTransform, is_video
 from caption.data.vocab import Vocabulary
 from caption.decoding.generate import Generator
-from caption.evaluation.degenerate import degenerate_share
-from caption.evaluation.evaluate import predict_split, results_list
-from caption.evaluation.metrics import check_java, compute_metrics, spice_unavailable_reason
+from caption.evaluation.evaluate import predict_split, results_list, split_report
+from caption.evaluation.metrics import check_java, spice_unavailable_reason
 from caption.features.batching import default_num_workers
 from caption.features.cache import CachedFeatures, FeatureCache
 from caption.models.captioner import CaptionModel
@@ -109,6 +109,16 @@ def _check_init_model(directory: Path, config: Config) -> None:
                                   f"says {value!r}; set {section}.{key}={saved!r} to start from that model")
 
 
+def _check_one_kind(items: list[DataSetConfig], splits: list[CaptionSet]) -> None:
+    """Image sets and video sets cannot be mixed: a model encodes either one image or a video's frames."""
+    kinds = {item.name: is_video(split.file_names[0]) for item, split in zip(items, splits)}
+    if len(set(kinds.values())) > 1:
+        videos = [name for name, video in kinds.items() if video]
+        images = [name for name, video in kinds.items() if not video]
+        raise ConfigError(f"data.train mixes video sets ({', '.join(videos)}) with image sets ({', '.join(images)}): "
+                          "train a video model and an image model in separate runs")
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -177,7 +187,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- set-up
     def _build_data_and_model(self) -> None:
         cfg, info = self.config, self.info
-        self.train_set = read_caption_set(cfg.data.train_annotations, cfg.data.train_images)
+        self.train_cfgs = cfg.data.train_sets()
+        self.train_sets = [read_caption_set(item.annotations, item.images) for item in self.train_cfgs]
+        _check_one_kind(self.train_cfgs, self.train_sets)
         self.init_from = None
         if cfg.train.init_from and self.resume_from is None:
             self.init_from = resolve_run_dir(cfg.train.init_from)
@@ -186,56 +198,71 @@ class Trainer:
             self.vocab = Vocabulary.load(self.resume_from / VOCAB_FILE)
         elif self.init_from is not None:
             self.vocab = Vocabulary.load(self.init_from / VOCAB_FILE)
-        else:
-            self.vocab = Vocabulary.build(self.train_set.all_captions(), cfg.data.min_word_count, cfg.data.max_caption_length)
-        self.val_set: CaptionSet | None = None
-        if cfg.val.every_epochs:
-            if not cfg.data.val_annotations:
-                raise ConfigError("config field 'data.val_annotations' is empty but validation is on (val.every_epochs > 0)")
-            self.val_set = read_caption_set(cfg.data.val_annotations, cfg.data.val_images or cfg.data.train_images)
-            if cfg.data.max_val_images and cfg.data.max_val_images < len(self.val_set):
-                self.val_set = self.val_set.subset(list(range(cfg.data.max_val_images)))
-
+        else:  # one vocabulary over the union: min_word_count counts a word over every set's captions
+            self.vocab = Vocabulary.build([text for split in self.train_sets for text in split.all_captions()],
+                                          cfg.data.min_word_count, cfg.data.max_caption_length)
+        self.val_cfgs = cfg.data.val_sets() if cfg.val.every_epochs else []
+        self.val_sets: dict[str, CaptionSet] = {}
+        if cfg.val.every_epochs and not self.val_cfgs:
+            raise ConfigError("config field 'data.val_annotations' is empty but validation is on (val.every_epochs > 0): "
+                              "name a dev split there, or several as data.val")
+        for item in self.val_cfgs:
+            split = read_caption_set(item.annotations, item.images or self.train_cfgs[0].images)
+            if cfg.data.max_val_images and cfg.data.max_val_images < len(split):
+                split = split.subset(list(range(cfg.data.max_val_images)))
+            self.val_sets[item.name] = split
         self.model = CaptionModel(cfg.encoder, cfg.decoder, len(self.vocab)).to(self.device)
         if self.init_from is not None:
             load_weights(self.model, self.init_from)
             logger.info("starting from the weights of %s", self.init_from)
         self.use_cache = cfg.train.cache_features and self.model.encoder.frozen
-        self.val_features: CachedFeatures | None = None
+        self.val_features: dict[str, CachedFeatures | None] = {}
         if self.use_cache:
             cache = FeatureCache(cfg.train.cache_dir, self.model.encoder, frames=cfg.data.num_frames)
-            splits = {"train": self.train_set, "val": self.val_set}
-            paths = {name: [str(p) for p in split.paths()] for name, split in splits.items() if split is not None}
-            built: dict[str, CachedFeatures | None] = {}
+            splits = {("train", i): split for i, split in enumerate(self.train_sets)}
+            splits.update({("val", name): split for name, split in self.val_sets.items()})
+            paths = {key: [str(p) for p in split.paths()] for key, split in splits.items()}
+            built: dict[tuple[str, Any], CachedFeatures | None] = {}
             if info.is_main:  # rank 0 encodes while the others wait at the barrier, then they read its files
-                built = {name: cache.get_or_build(files, device=self.device, batch_size=cfg.val.batch_size,
-                                                  num_workers=cfg.train.num_workers)
-                         for name, files in paths.items()}
+                built = {key: cache.get_or_build(files, device=self.device, batch_size=cfg.val.batch_size,
+                                                 num_workers=cfg.train.num_workers)
+                         for key, files in paths.items()}
             barrier(info)
             if not info.is_main:
-                built = {name: cache.load(files) for name, files in paths.items()}
-            train_features = built["train"]
-            if train_features is None:
+                built = {key: cache.load(files) for key, files in paths.items()}
+            if any(built[("train", i)] is None for i in range(len(self.train_sets))):
                 raise FileNotFoundError(
                     f"rank {info.rank} cannot read the feature cache that rank 0 built in {cache.dir}: on several "
                     "nodes, train.cache_dir and the images must be on a file system that every node shares"
                 )
-            self.val_features = built.get("val")
-            items = image_captions(self.train_set, self.vocab, train_features.valid)
-            self.train_data = FeatureCaptionDataset(train_features.features, items)
+            self.val_features = {name: built[("val", name)] for name in self.val_sets}
+            self.train_datasets: list[FeatureCaptionDataset | ImageCaptionDataset] = []
+            for i, split in enumerate(self.train_sets):
+                features = built[("train", i)]
+                self.train_datasets.append(FeatureCaptionDataset(
+                    features.features, image_captions(split, self.vocab, features.valid)))
             workers = 0  # rows come straight from the page cache; worker start-up costs more than it saves
         else:
             transform = ImageTransform(cfg.encoder.image_size, self.model.encoder_cfg.mean, self.model.encoder_cfg.std)
             if cfg.data.num_frames:
                 transform = VideoTransform(transform, cfg.data.num_frames)
-            self.train_data = ImageCaptionDataset(self.train_set, image_captions(self.train_set, self.vocab), transform)
+            self.train_datasets = [ImageCaptionDataset(split, image_captions(split, self.vocab), transform)
+                                   for split in self.train_sets]
             workers = default_num_workers(self.device) if cfg.train.num_workers is None else cfg.train.num_workers
+        self.train_data = ConcatDataset(self.train_datasets)
         if len(self.train_data) == 0:
-            raise ValueError(f"{cfg.data.train_annotations}: no training images left after skipping unreadable ones")
+            raise ValueError(f"{', '.join(item.annotations for item in self.train_cfgs)}: no training images left "
+                             "after skipping unreadable ones")
 
-        self.sampler = ResumableDistributedSampler(
-            self.train_data, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
-        )
+        if len(self.train_cfgs) == 1 and self.train_cfgs[0].weight == 1.0:  # the order runs before data mixing had
+            self.sampler = ResumableDistributedSampler(
+                self.train_data, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
+            )
+        else:
+            self.sampler = WeightedSetSampler(
+                [len(data) for data in self.train_datasets], [item.weight for item in self.train_cfgs],
+                num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed,
+            )
         self.loader = DataLoader(
             self.train_data, batch_size=cfg.train.batch_size, sampler=self.sampler, num_workers=workers,
             collate_fn=collate_items, pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -262,7 +289,7 @@ class Trainer:
             if info.enabled else self.model
         )
         self.scst = (SelfCritical(self.model, self.forward, self.vocab, cfg.scst,
-                                  [captions for _, captions in self.train_data.items], self._autocast)
+                                  [captions for data in self.train_datasets for _, captions in data.items], self._autocast)
                      if cfg.train.objective == "scst" else None)
         self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None}
         if self.resume_from is not None:
@@ -300,7 +327,7 @@ class Trainer:
         target = ckpt.save_checkpoint(
             self.run_dir, name, model=self.model, vocab=self.vocab, optimizer=self.optimizer,
             scheduler=self.scheduler, scaler=self.scaler, progress=dict(self.progress), rng_states=rng,
-            model_extra={"trained_on": self.config.data.train_annotations, "progress": dict(self.progress)},
+            model_extra={"trained_on": [item.annotations for item in self.train_cfgs], "progress": dict(self.progress)},
             best=best,
         )
         ckpt.prune_checkpoints(self.run_dir)
@@ -463,33 +490,41 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- validation
     def _validate(self) -> dict[str, Any]:
-        """Rank 0 captions the dev split with beam search and scores it; the best score so far is kept."""
+        """Rank 0 captions each dev split with beam search and scores it; the best combined score is kept."""
         cfg = self.config
         result: dict[str, Any] = {}
         if self.info.is_main:
-            assert self.val_set is not None
             self.model.eval()
             generator = Generator(self.model, self.vocab, self.device)
-            predictions, _ = predict_split(
-                generator, self.val_set, cfg.val.decoding, features=self.val_features,
-                batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
-            )
-            scores, _, skipped = compute_metrics(self.val_set.captions, predictions, cfg.val.metrics)
-            logger.info("validation, epoch %d: %s", self.progress["epoch"] + 1,
-                        ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            score = scores[cfg.val.select_metric]
+            splits: dict[str, dict[str, Any]] = {}
+            all_predictions: dict[str, dict[int, str]] = {}
+            for name, split in self.val_sets.items():
+                predictions, _ = predict_split(
+                    generator, split, cfg.val.decoding, features=self.val_features.get(name),
+                    batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
+                )
+                splits[name] = split_report(split.captions, predictions, cfg.val.metrics)
+                all_predictions[name] = predictions
+                logger.info("validation, epoch %d, %s: %s", self.progress["epoch"] + 1, name,
+                            ", ".join(f"{k} {v:.4f}" for k, v in {**splits[name]["scores"],
+                                                                   "CHAIRs": splits[name]["chair"]["CHAIRs"]}.items()))
+            weights = {item.name: item.weight for item in self.val_cfgs}
+            score = sum(weights[name] * report["scores"][cfg.val.select_metric] for name, report in splits.items())
+            score /= sum(weights.values())
             best = self.progress["best_score"]
             result = {
-                "scores": scores,
-                "distinct_captions": len(set(predictions.values())),
-                "degenerate_share": degenerate_share(predictions.values()),
-                "images": len(predictions),
-                "skipped": skipped,
+                "splits": splits,
+                "select": {"metric": cfg.val.select_metric, "weights": weights, "score": score},
                 "is_best": best is None or score > best,
             }
+            if len(splits) > 1:
+                logger.info("validation, epoch %d: weighted mean %s %.4f", self.progress["epoch"] + 1,
+                            cfg.val.select_metric, score)
             if result["is_best"]:
                 self.progress["best_score"] = score
-                atomic_write_json(self.run_dir / "val_results_best.json", results_list(predictions))
+                for name, predictions in all_predictions.items():
+                    suffix = "" if len(all_predictions) == 1 else f"_{name}"
+                    atomic_write_json(self.run_dir / f"val_results_best{suffix}.json", results_list(predictions))
         if self.info.enabled:
             payload = [self.progress["best_score"], result]
             dist.broadcast_object_list(payload, src=0)

@@ -1,6 +1,6 @@
-"""Sampling K frames from a video: seeking (``read_frames(..., seek=True)``) costs about the same on a 10 s and
-a 10-minute video, while the sequential fallback (``seek=False``) grows with the video's length. Also times
-``probe`` and ``detect_scenes``, which reads the whole video by design (the length-proportional part).
+"""Sampling K frames from a video: seeking (``read_frames(..., seek=True)``) costs about the same on a 10 s
+and a 10-minute video, while the sequential fallback (``seek=False``) grows with the video's length. Also
+times ``probe`` and ``detect_scenes``, which reads the whole video by design (the length-proportional part).
 
     python scripts/bench_frames.py [--frames 8 32] [--repeats 3] [--keep DIR] [--device auto]
 
@@ -69,11 +69,14 @@ def run(videos: dict[str, Path], frames: list[int], repeats: int) -> list[dict]:
         for path in videos.values():
             seek, read = read_frames(path, k, seek=True), read_frames(path, k, seek=False)
             assert seeks_exactly(path, seek.indices), f"{path} cannot be sought: nothing to compare"
-            assert seek.indices == read.indices, f"{path}, K={k}: seek read {seek.indices}, sequential {read.indices}"
+            assert seek.indices == read.indices, (
+                f"{path}, K={k}: seek read {seek.indices}, sequential {read.indices}"
+            )
     cases = [("probe", None, probe)]
     for k in frames:
         cases += [(f"read_frames K={k}, seek", k, lambda p, k=k: read_frames(p, k, seek=True)),
-                  (f"read_frames K={k}, sequential (seek=False)", k, lambda p, k=k: read_frames(p, k, seek=False))]
+                  (f"read_frames K={k}, sequential (seek=False)", k,
+                   lambda p, k=k: read_frames(p, k, seek=False))]
     cases.append(("detect_scenes (reads the whole video)", None, detect_scenes))
     counts = {name: probe(path).frame_count for name, path in videos.items()}
     rows, seek_short = [], {}
@@ -93,8 +96,10 @@ def run(videos: dict[str, Path], frames: list[int], repeats: int) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 32], help="K, the frames sampled per call")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 32],
+                        help="K, the frames sampled per call")
     parser.add_argument("--repeats", type=int, default=3, help="calls per case; the table gives the median")
     parser.add_argument("--keep", type=Path, help="write the videos here and reuse them on later runs")
     args, _ = parse_bench_args(parser)  # --device is accepted for uniformity: decoding runs on the CPU
@@ -105,10 +110,12 @@ def main() -> int:
             rows = run(make_videos(Path(tmp)), args.frames, args.repeats)
     ratio = SECONDS["long"] / SECONDS["short"]
     print_table(
-        f"Reading frames from a video ({machine()}, OpenCV {cv2.__version__}), {FPS:.0f} fps {SIZE[0]}x{SIZE[1]} mp4v, "
-        f"median of {args.repeats} calls; the long video is {ratio:.0f}x the short one",
-        rows, [("case", "case"), ("video", "video"), ("ms per call", "ms"), ("video frames/s covered", "covered"),
-               ("long / short", "long_short"), ("vs seek on the short video, same K", "vs_seek_short")],
+        f"Reading frames from a video ({machine()}, OpenCV {cv2.__version__}), {FPS:.0f} fps "
+        f"{SIZE[0]}x{SIZE[1]} mp4v, median of {args.repeats} calls; the long video is {ratio:.0f}x the "
+        f"short one",
+        rows, [("case", "case"), ("video", "video"), ("ms per call", "ms"),
+               ("video frames/s covered", "covered"), ("long / short", "long_short"),
+               ("vs seek on the short video, same K", "vs_seek_short")],
     )
     return 0
 

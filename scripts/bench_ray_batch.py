@@ -45,7 +45,8 @@ def run_case(label: str, files: Path, out: Path, model: str, extra: list[str]) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--block-size", type=int, default=128)

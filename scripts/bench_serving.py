@@ -24,9 +24,11 @@ def start_demo(model: str, device: str, log: Path) -> tuple[subprocess.Popen, st
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, str(REPO / "demo" / "app.py"), "--port", str(port), "--model", model, "--device", device]
+    command = [sys.executable, str(REPO / "demo" / "app.py"), "--port", str(port), "--model", model,
+               "--device", device]
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ, CAPTION_DATA=str(DATA)))
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, CAPTION_DATA=str(DATA)))
     deadline = time.monotonic() + 300
     while "Captioning demo" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -36,7 +38,8 @@ def start_demo(model: str, device: str, log: Path) -> tuple[subprocess.Popen, st
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--model", default="flickr8k-lite0")
     parser.add_argument("--device", default="auto")
@@ -45,7 +48,8 @@ def main() -> int:
 
     photos = sorted(str(p) for p in (DATA / "flickr8k" / "photos_fullres").glob("*.jpg"))
     if not photos:
-        print(f"needs the full-size sample photos in {DATA}/flickr8k/photos_fullres (set CAPTION_DATA)", file=sys.stderr)
+        print(f"needs the full-size sample photos in {DATA}/flickr8k/photos_fullres (set CAPTION_DATA)",
+              file=sys.stderr)
         return 2
     requests = [photos[i % len(photos)] for i in range(args.requests)]
     log = Path(tempfile.mkdtemp()) / "demo.log"
@@ -70,11 +74,14 @@ def main() -> int:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    batches = [line.split("captioned ")[1] for line in log.read_text().splitlines() if "request(s) in" in line]
+    batches = [line.split("captioned ")[1] for line in log.read_text().splitlines()
+               if "request(s) in" in line]
     rows = [
-        {"case": f"baseline: {len(requests)} requests one after another", "requests_per_s": len(requests) / sequential_s,
+        {"case": f"baseline: {len(requests)} requests one after another",
+         "requests_per_s": len(requests) / sequential_s,
          "mean_ms": 1000 * sum(one_by_one) / len(one_by_one), "max_ms": 1000 * max(one_by_one)},
-        {"case": f"{len(requests)} requests at once (batched)", "requests_per_s": len(requests) / concurrent_s,
+        {"case": f"{len(requests)} requests at once (batched)",
+         "requests_per_s": len(requests) / concurrent_s,
          "mean_ms": 1000 * sum(together) / len(together), "max_ms": 1000 * max(together)},
     ]
     for row in rows:
@@ -82,7 +89,8 @@ def main() -> int:
     print_table(f"Web demo /caption through gradio_client, full-size photos, beam 3 ({machine()})", rows,
                 [("case", "case"), ("requests/s", "requests_per_s"), ("mean latency ms", "mean_ms"),
                  ("worst latency ms", "max_ms"), ("vs baseline", "vs_baseline")])
-    print("\nThe server's forward passes for the concurrent requests:", *batches[len(requests) + 1:], sep="\n  ")
+    print("\nThe server's forward passes for the concurrent requests:", *batches[len(requests) + 1:],
+          sep="\n  ")
     return 0
 
 

@@ -26,21 +26,26 @@ PHOTOS = 32
 def dev_photos(work: Path) -> dict[str, list[str]]:
     """The first 32 photos of each dev split, in file order (as the test reads them)."""
     flickr = DATA / "flickr8k"
-    splits = convert_flickr8k(flickr / "Flickr8k.token.txt", {"dev": flickr / "Flickr_8k.devImages.txt"}, work)
-    coco = read_caption_set(DATA / "coco" / "annotations" / "captions_val2017_subset_dev.json", DATA / "coco" / "val2017")
+    splits = convert_flickr8k(flickr / "Flickr8k.token.txt", {"dev": flickr / "Flickr_8k.devImages.txt"},
+                              work)
+    coco = read_caption_set(DATA / "coco" / "annotations" / "captions_val2017_subset_dev.json",
+                            DATA / "coco" / "val2017")
     flickr_dev = read_caption_set(splits["dev"], flickr / "images")
-    return {"flickr8k": [str(p) for p in flickr_dev.paths()[:PHOTOS]], "coco": [str(p) for p in coco.paths()[:PHOTOS]]}
+    return {"flickr8k": [str(p) for p in flickr_dev.paths()[:PHOTOS]],
+            "coco": [str(p) for p in coco.paths()[:PHOTOS]]}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a shipped model name")
     parser.add_argument("--about", required=True, help="when and why these captions were written")
     args = parser.parse_args()
     captioner = Captioner.load(args.model)
     out = REPO / "tests" / "data" / f"dev32_{args.model}.json"
-    golden: dict = {"about": f"captions and scores of models/{args.model} on the first {PHOTOS} photos of each dev "
-                             f"split, {args.about}; a change to the model, the encoder or decoding must not change them"}
+    golden: dict = {"about": f"captions and scores of models/{args.model} on the first {PHOTOS} photos of "
+                             f"each dev split, {args.about}; a change to the model, the encoder or decoding "
+                             "must not change them"}
     with tempfile.TemporaryDirectory() as tmp:
         for split, paths in dev_photos(Path(tmp)).items():
             golden[split] = {

@@ -1,5 +1,5 @@
-"""Load test for the web demo: rounds of 16 users with good photos, 4 with bad parameters and 4 with bad files,
-all at once, against a demo server this script starts on 127.0.0.1.
+"""Load test for the web demo: rounds of 16 users with good photos, 4 with bad parameters and 4 with bad
+files, all at once, against a demo server this script starts on 127.0.0.1.
 
 The upload folder is measured beyond what it holds at start (the example photos Gradio copies in). Every
 upload is new bytes (each round's photos differ from the last round's after the JPEG's end, so the pixels
@@ -53,8 +53,9 @@ def rss_mb(pid: int) -> float:
 
 
 def make_round(folder: Path, photos: list[Path], round_number: int) -> tuple[list[tuple], list[str]]:
-    """This round's requests: (path, beam, length, kind) with kind "good", "parameter" or "file", and the photo
-    each good request shows. Bytes after a JPEG's end make every upload new without changing its pixels."""
+    """This round's requests: (path, beam, length, kind) with kind "good", "parameter" or "file", and the
+    photo each good request shows. Bytes after a JPEG's end make every upload new without changing its
+    pixels."""
     folder.mkdir(parents=True, exist_ok=True)
     requests, shows = [], []
     for user in range(GOOD_USERS + BAD_PARAMETER_USERS):
@@ -82,18 +83,22 @@ def make_round(folder: Path, photos: list[Path], round_number: int) -> tuple[lis
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--keep-uploads", type=float, default=5.0, help="the server's --keep-uploads")
-    parser.add_argument("--uploads-budget-mb", type=float, default=10.0, help="the server's --uploads-budget-mb")
+    parser.add_argument("--uploads-budget-mb", type=float, default=10.0,
+                        help="the server's --uploads-budget-mb")
     parser.add_argument("--warm-up", type=int, default=3,
-                        help="rounds after which the server's memory must level off (the model's heaps fill first)")
-    # Resident memory steps up by as much as ~250 MB at once when the model meets a new batch shape (glibc keeps
-    # the larger heap), then holds: the same captioning in one process, with no server, went 1,098 -> 1,268 ->
-    # 1,224 MB. So this bound only catches gross growth; tests/test_web.py checks exactly that no request's
-    # image, result or future outlives its round.
+                        help="rounds after which the server's memory must level off (the model's heaps fill "
+                             "first)")
+    # Resident memory steps up by as much as ~250 MB at once when the model meets a new batch shape (glibc
+    # keeps the larger heap), then holds: the same captioning in one process, with no server, went 1,098 ->
+    # 1,268 -> 1,224 MB. So this bound only catches gross growth; tests/test_web.py checks exactly that no
+    # request's image, result or future outlives its round.
     parser.add_argument("--max-rss-growth-mb", type=float, default=400.0,
-                        help="most the server's memory may grow from the end of the warm-up to the last round")
+                        help="most the server's memory may grow from the end of the warm-up to the last "
+                             "round")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--server-log", type=Path, help="keep the server's log here")
     args = parser.parse_args()
@@ -128,10 +133,10 @@ def main() -> int:
         users = GOOD_USERS + BAD_PARAMETER_USERS + BAD_FILE_USERS
         # A browser waits for its upload; gradio_client gives it 5 s, which a busy 2-core server can exceed.
         clients = [Client(url, verbose=False, httpx_kwargs={"timeout": 120}) for _ in range(users)]
-        print(f"upload folder at start: {baseline_bytes / 2**20:.1f} MB in {baseline_files} files (the examples); "
-              "below: what the rounds add")
-        print("| round | good ok | bad parameters answered | bad files answered | p50 s | max s | server RSS MB "
-              "| upload folder MB | files |")
+        print(f"upload folder at start: {baseline_bytes / 2**20:.1f} MB in {baseline_files} files "
+              "(the examples); below: what the rounds add")
+        print("| round | good ok | bad parameters answered | bad files answered | p50 s | max s "
+              "| server RSS MB | upload folder MB | files |")
         print("|---|---|---|---|---|---|---|---|---|")
         for number in range(1, args.rounds + 1):
             requests, shows = make_round(work / "inputs" / str(number), photos, number)
@@ -164,12 +169,13 @@ def main() -> int:
             alive = server.poll() is None
             row = {"round": number, "good_ok": counts["good"], "parameter_ok": counts["parameter"],
                    "file_ok": counts["file"], "p50_s": latencies[len(latencies) // 2], "max_s": latencies[-1],
-                   "rss_mb": rss_mb(server.pid) if alive else float("nan"), "uploads_mb": folder_bytes / 2**20,
+                   "rss_mb": rss_mb(server.pid) if alive else float("nan"),
+                   "uploads_mb": folder_bytes / 2**20,
                    "files": files}
             rows.append(row)
-            print(f"| {number} | {counts['good']}/{GOOD_USERS} | {counts['parameter']}/{BAD_PARAMETER_USERS} | "
-                  f"{counts['file']}/{BAD_FILE_USERS} | {row['p50_s']:.2f} | {row['max_s']:.2f} | {row['rss_mb']:.0f} "
-                  f"| {row['uploads_mb']:.1f} | {files} |", flush=True)
+            print(f"| {number} | {counts['good']}/{GOOD_USERS} | {counts['parameter']}/{BAD_PARAMETER_USERS} "
+                  f"| {counts['file']}/{BAD_FILE_USERS} | {row['p50_s']:.2f} | {row['max_s']:.2f} "
+                  f"| {row['rss_mb']:.0f} | {row['uploads_mb']:.1f} | {files} |", flush=True)
             if not alive:
                 failures.append(f"the server died in round {number}")
                 break
@@ -188,14 +194,15 @@ def main() -> int:
     if growth > args.max_rss_growth_mb:
         failures.append(f"server memory grew {growth:.0f} MB from round {warm['round']} to round {len(rows)}")
     if most_uploads > args.uploads_budget_mb + in_flight_mb:
-        failures.append(f"the upload folder reached {most_uploads:.1f} MB, over the {args.uploads_budget_mb:g} MB "
-                        f"budget plus one round in flight ({in_flight_mb:.1f} MB)")
+        failures.append(f"the upload folder reached {most_uploads:.1f} MB, over the "
+                        f"{args.uploads_budget_mb:g} MB budget plus one round in flight "
+                        f"({in_flight_mb:.1f} MB)")
     summary = {"rounds": len(rows), "failures": failures, "rss_first_mb": rows[0]["rss_mb"],
                "rss_last_mb": rows[-1]["rss_mb"], "rss_growth_after_warm_up_mb": growth,
                "uploads_max_mb": most_uploads, "uploads_after_idle_mb": final_bytes / 2**20,
                "files_after_idle": final_files, "alive": alive, "rows": rows}
-    print(f"after {args.keep_uploads:g} s idle: upload folder {final_bytes / 2**20:.2f} MB in {final_files} files; "
-          f"server memory {rows[0]['rss_mb']:.0f} -> {rows[-1]['rss_mb']:.0f} MB")
+    print(f"after {args.keep_uploads:g} s idle: upload folder {final_bytes / 2**20:.2f} MB in {final_files} "
+          f"files; server memory {rows[0]['rss_mb']:.0f} -> {rows[-1]['rss_mb']:.0f} MB")
     for failure in failures[:20]:
         print(f"FAILED: {failure}")
     print("SUMMARY " + json.dumps(summary))

@@ -106,7 +106,8 @@ def problem_files(folder: Path, photo: str | Path) -> tuple[dict[str, Path], dic
 
     folder.mkdir(parents=True, exist_ok=True)
     image = Image.open(photo).convert("RGB")
-    good = {name: folder / name for name in ("png_named.jpg", "alpha.png", "grey.png", "cmyk.jpg", "rotated.jpg")}
+    good = {name: folder / name
+            for name in ("png_named.jpg", "alpha.png", "grey.png", "cmyk.jpg", "rotated.jpg")}
     image.save(good["png_named.jpg"], "PNG")
     rgba = image.convert("RGBA")
     rgba.putalpha(128)
@@ -115,7 +116,8 @@ def problem_files(folder: Path, photo: str | Path) -> tuple[dict[str, Path], dic
     image.convert("CMYK").save(good["cmyk.jpg"])
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": what a phone held upright stores
-    good["rotated.jpg"].write_bytes(jpeg_bytes(image.transpose(Image.Transpose.ROTATE_90), exif=exif, quality=100, subsampling=0))
+    good["rotated.jpg"].write_bytes(jpeg_bytes(image.transpose(Image.Transpose.ROTATE_90), exif=exif,
+                                               quality=100, subsampling=0))
     bad = {name: folder / name for name in ("notes.jpg", "truncated.jpg", "empty.jpg")}
     bad["notes.jpg"].write_text("this is not an image")
     data = Path(photo).read_bytes()
@@ -131,11 +133,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_demo(log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``demo/app.py`` on the shipped model with ``args``, as ``make demo`` starts it; yields (url, process)."""
+def running_demo(
+    log: Path, *args: str, env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``demo/app.py`` on the shipped model with ``args``, as ``make demo`` starts it; yields (url,
+    process)."""
     env = {**os.environ, "CAPTION_DATA": str(DATA), "PYTHONPATH": str(REPO), **(env or {})}
     with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(free_port()), *args],
+        process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(free_port()),
+                                    *args],
                                    stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 180

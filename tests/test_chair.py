@@ -1,4 +1,5 @@
-"""CHAIR (object hallucination): hand-written cases for the word matching, and real COCO and Flickr8k captions."""
+"""CHAIR (object hallucination): hand-written cases for the word matching, and real COCO and Flickr8k
+captions."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_the_80_coco_categories_are_covered():
 @pytest.mark.parametrize("caption, expected", [
     ("A giraffe standing next to a tree.", ["giraffe"]),
     ("two giraffes and three zebras", ["giraffe", "zebra"]),  # plurals
-    ("Men and women walking their dogs", ["person", "person", "dog"]),  # irregular plurals; dedup is chair()'s
+    # irregular plurals; dedup is chair()'s
+    ("Men and women walking their dogs", ["person", "person", "dog"]),
     ("a hot dog with mustard", ["hot dog"]),  # the phrase, never a dog
     ("two hot dogs and a dog", ["hot dog", "dog"]),
     ("it is a hot day on the beach", []),  # "hot" alone names nothing
@@ -51,8 +53,9 @@ def test_objects_are_found_by_their_synonyms(caption, expected):
 
 
 @pytest.mark.parametrize("word, base", [("buses", "bus"), ("benches", "bench"), ("knives", "knife"),
-                                        ("ponies", "pony"), ("glass", "glass"), ("skis", "ski"), ("dogs", "dog"),
-                                        ("grass", "grass"), ("sheep", "sheep"), ("people", "person")])
+                                        ("ponies", "pony"), ("glass", "glass"), ("skis", "ski"),
+                                        ("dogs", "dog"), ("grass", "grass"), ("sheep", "sheep"),
+                                        ("people", "person")])
 def test_singular(word, base):
     assert singular(word) == base
 
@@ -71,7 +74,8 @@ def test_chair_counts_captions_and_mentions():
     result = chair(predictions, references)
     assert result.captions == 3 and result.captions_with_hallucination == 2
     assert result.chair_s == pytest.approx(2 / 3)
-    assert result.mentions == 6 and result.hallucinated_mentions == 2  # dog, frisbee, pizza, hot dog, table, person
+    # dog, frisbee, pizza, hot dog, table, person
+    assert result.mentions == 6 and result.hallucinated_mentions == 2
     assert result.chair_i == pytest.approx(2 / 6)
     assert result.hallucinated == {1: ["frisbee"], 2: ["hot dog"]}
     # COCO instance annotations are ground truth too: a frisbee labelled in the photo is no hallucination.
@@ -113,5 +117,6 @@ def test_real_flickr8k_captions(flickr_splits):
     own = chair({i: texts[0] for i, texts in refs.items()}, {i: texts[1:] for i, texts in refs.items()})
     assert own.captions == 1000 and own.chair_s < 0.25
     # "A dog runs through the grass" on a photo whose references say only people: a hallucinated dog.
-    people_only = next(i for i, texts in refs.items() if {c for t in texts for c, _ in caption_objects(t)} == {"person"})
+    people_only = next(i for i, texts in refs.items()
+                       if {c for t in texts for c, _ in caption_objects(t)} == {"person"})
     assert chair({people_only: "a dog runs through the grass"}, refs).hallucinated == {people_only: ["dog"]}

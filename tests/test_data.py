@@ -37,8 +37,10 @@ def test_karpathy_converter_splits_and_merges_restval(tmp_path):
          "sentences": [{"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]}]},
         {"filepath": "val2014", "filename": "b.jpg", "cocoid": 2, "split": "restval",
          "sentences": [{"raw": "A cat sits.", "tokens": []}, {"raw": "  ", "tokens": []}]},
-        {"filepath": "val2014", "filename": "c.jpg", "cocoid": 3, "split": "val", "sentences": [{"raw": "x", "tokens": []}]},
-        {"filepath": "val2014", "filename": "d.jpg", "cocoid": 4, "split": "test", "sentences": [{"raw": "y", "tokens": []}]},
+        {"filepath": "val2014", "filename": "c.jpg", "cocoid": 3, "split": "val",
+         "sentences": [{"raw": "x", "tokens": []}]},
+        {"filepath": "val2014", "filename": "d.jpg", "cocoid": 4, "split": "test",
+         "sentences": [{"raw": "y", "tokens": []}]},
     ]}
     source = tmp_path / "dataset_coco.json"
     source.write_text(json.dumps(karpathy))
@@ -46,7 +48,8 @@ def test_karpathy_converter_splits_and_merges_restval(tmp_path):
     assert sorted(written) == ["test", "train", "val"]
     train = json.loads(written["train"].read_text())
     assert [i["file_name"] for i in train["images"]] == ["val2014/a.jpg", "val2014/b.jpg"]
-    assert [a["caption"] for a in train["annotations"]] == ["A dog runs.", "A cat sits."]  # blank caption dropped
+    # blank caption dropped
+    assert [a["caption"] for a in train["annotations"]] == ["A dog runs.", "A cat sits."]
 
     kept = convert_karpathy(source, tmp_path / "kept", restval_to_train=False)
     assert "restval" in kept

@@ -27,7 +27,8 @@ CASES = [
     ("a man is sitting on a bench on a bench", True, "repeated 'on a bench'"),
     ("a group of a group of people", True, "repeated 'a group of'"),
     ("a man in a white shirt and a white shirt", True, "repeated 'white shirt'"),
-    ("a white dog jumps over a white fence", False, "'a white' twice: one content word, and no phrase of three"),
+    ("a white dog jumps over a white fence", False,
+     "'a white' twice: one content word, and no phrase of three"),
     ("a man in a yellow shirt rides a yellow kayak", False, "'a yellow' twice: one content word"),
     ("a man in a red shirt stands in a field", False, "'in a' twice: function words only"),
     ("a dog with a ball on the grass with a stick", False, "'with a' twice: function words only"),
@@ -63,7 +64,8 @@ def test_repeated_phrase(text, phrase):
 def test_dangling_list_leaves_out_particles_and_her():
     for word in ("on", "in", "by", "up", "out", "off", "her", "outside"):
         assert word not in DANGLING_WORDS
-    for word in ("a", "an", "the", "with", "of", "and", "at", "to", "for", "from", "his", "their", "its", "into"):
+    for word in ("a", "an", "the", "with", "of", "and", "at", "to", "for", "from", "his", "their", "its",
+                 "into"):
         assert word in DANGLING_WORDS
 
 

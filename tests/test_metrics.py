@@ -16,7 +16,8 @@ PREDICTIONS = {1: "a dog runs on the grass", 2: "two cats sleep"}
 
 def test_scores_match_hand_computed_values():
     require_java()
-    scores, per_item, skipped = compute_metrics(REFERENCES, PREDICTIONS, ["BLEU", "ROUGE_L", "CIDEr", "METEOR"])
+    scores, per_item, skipped = compute_metrics(REFERENCES, PREDICTIONS,
+                                                ["BLEU", "ROUGE_L", "CIDEr", "METEOR"])
     # Image 1: 5 of the 6 hypothesis words appear in the 7-word reference ("runs" does not);
     # brevity penalty exp(1 - 7/6). BLEU-1 = 5/6 * exp(-1/6).
     assert per_item["Bleu_1"][0] == pytest.approx(5 / 6 * math.exp(1 - 7 / 6), rel=1e-6)

@@ -72,7 +72,8 @@ def test_clipping_and_length_penalty_only_lower_scores(dev_captions):
 
 # -- (b) by hand -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("clip", "length_penalty"), [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize(("clip", "length_penalty"),
+                         [(True, True), (True, False), (False, True), (False, False)])
 def test_cider_d_by_hand_on_three_captions(clip, length_penalty):
     # Corpus: image A has "a dog runs" and "the dog runs fast", image B has "a cat sits".
     corpus = [[["a", "dog", "runs"], ["the", "dog", "runs", "fast"]], [["a", "cat", "sits"]]]
@@ -114,13 +115,16 @@ def test_cider_d_by_hand_on_three_captions(clip, length_penalty):
     expected = sum(per_order) / 4 / 2 * 10
     assert score == pytest.approx(expected, abs=1e-6)
     if clip and length_penalty:
-        assert expected == pytest.approx(1.25 * (math.exp(-1 / 18) * (2 / math.sqrt(10) + 2 / math.sqrt(12) + 1 / math.sqrt(3))
-                                                 + math.exp(-1 / 72) * (1 / math.sqrt(5) + 1 / math.sqrt(18))))
+        assert expected == pytest.approx(
+            1.25 * (math.exp(-1 / 18) * (2 / math.sqrt(10) + 2 / math.sqrt(12) + 1 / math.sqrt(3))
+                    + math.exp(-1 / 72) * (1 / math.sqrt(5) + 1 / math.sqrt(18)))
+        )
 
 
 def test_exact_match_of_a_single_reference_scores_ten():
     # Clipped cosine <= 1 and penalty <= 1, so 10 is the maximum, reached only by the reference itself.
-    corpus = [[tokenize("a dog runs on the grass")], [tokenize("a cat sits on a mat")], [tokenize("two men ride bikes")]]
+    corpus = [[tokenize("a dog runs on the grass")], [tokenize("a cat sits on a mat")],
+              [tokenize("two men ride bikes")]]
     scorer = CiderD(corpus, eos="<eos>")
     ref = corpus[0][0]
     candidates = [ref, ref + ["a"], ref[:-1], ["a", "dog", "runs"], ref + ref]

@@ -78,8 +78,8 @@ def test_frames_are_sampled_uniformly_or_by_time_and_seeking_reads_the_same_fram
     assert np.diff(every.times).min() == pytest.approx(2.0, abs=0.05)
 
 
-@pytest.mark.parametrize("suffix, codec", [(".mp4", "mp4v"), (".avi", "MJPG"), (".webm", "VP80"), (".mov", "mp4v"),
-                                           (".mkv", "mp4v")])
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "mp4v"), (".avi", "MJPG"), (".webm", "VP80"),
+                                           (".mov", "mp4v"), (".mkv", "mp4v")])
 def test_every_accepted_format_is_read(tmp_path, suffix, codec):
     path = write_moving_shape_video(tmp_path / f"move{suffix}", codec=codec)  # 2 s at 10 fps
     frames = read_frames(path, 4)
@@ -119,7 +119,8 @@ def test_bad_videos_get_an_error_naming_the_file_and_the_others_keep_going(clips
     with pytest.raises(VideoLoadError, match="over the limit of 2 s"):
         read_frames(long_clip, 8, max_seconds=2.0)
 
-    results = captioner.caption([str(not_video), str(clips[2]), str(truncated), str(long_clip)], skip_errors=True)
+    results = captioner.caption([str(not_video), str(clips[2]), str(truncated), str(long_clip)],
+                                skip_errors=True)
     assert [r.ok for r in results] == [False, True, False, True]
     assert results[0].source == str(not_video) and "truncated" in results[2].error
 
@@ -128,7 +129,8 @@ def test_the_image_model_captions_the_real_msvd_clips_zero_shot(clips, captioner
     for clip in clips:
         [result] = captioner.caption_video(clip)
         assert result.ok and len(result.words) >= 3 and "<unk>" not in result.text
-        assert len(result.times) == 8 and result.attention.shape == (len(result.words), 8 * np.prod(result.grid))
+        assert (len(result.times) == 8
+                and result.attention.shape == (len(result.words), 8 * np.prod(result.grid)))
         assert result.to_dict()["frame_times"] == result.times
     assert captioner.caption(str(clips[0])).text  # the same through the one-call API
 
@@ -207,8 +209,8 @@ def test_evaluate_scores_videos_against_their_references(clips, tmp_path):
     subset = tmp_path / "three_clips.json"
     subset.write_text(json.dumps({"images": images,
                                   "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}))
-    assert main(["evaluate", "--annotations", str(subset), "--images", str(MSVD), "--out", str(tmp_path / "eval"),
-                 "--metrics", "BLEU", "CIDEr"]) == 0
+    assert main(["evaluate", "--annotations", str(subset), "--images", str(MSVD),
+                 "--out", str(tmp_path / "eval"), "--metrics", "BLEU", "CIDEr"]) == 0
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(report["scores"]) >= {"Bleu_4", "CIDEr"} and report["scores"]["Bleu_1"] > 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())

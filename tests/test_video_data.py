@@ -52,7 +52,9 @@ def test_msvd_video_dir_names_the_files_present(msvd_annotations, tmp_path, capl
         written = msvd_form_a(msvd_annotations, tmp_path / "real", video_dir=videos)
     assert "1297 clip(s) have no video file there" in caplog.text
     split = read_caption_set(written["train"], videos)
-    assert dict(zip(split.image_ids, split.file_names)) == {n: f"{clip}.avi" for n, clip in REAL_CLIPS.items()}
+    assert dict(zip(split.image_ids, split.file_names)) == {
+        n: f"{clip}.avi" for n, clip in REAL_CLIPS.items()
+    }
     assert all(path.is_file() for path in split.paths())
     assert split.captions[184][0] == "a baby teethes on a pacifier"
 
@@ -69,7 +71,8 @@ def test_msvd_malformed_lines_are_reported_and_skipped(tmp_path, caplog):
     mapping = tmp_path / "youtube_video_to_id_mapping.txt"
     mapping.write_text("clipA_1_5 vid1\nnot a mapping line\nclipB_2_9 vid2\n\n")
     sentences = tmp_path / "sents_test_lc_nopunc.txt"
-    sentences.write_text("vid1\ta dog runs\nvid1 no tab but fine\ngarbage\nvid2\t\nvid7\ta cat\n\nvid2\ta man sings\n")
+    sentences.write_text("vid1\ta dog runs\nvid1 no tab but fine\ngarbage\nvid2\t\nvid7\ta cat\n\n"
+                         "vid2\ta man sings\n")
     with caplog.at_level(logging.WARNING, logger="caption"):
         written = convert_msvd(tmp_path / "out", mapping_file=mapping, sentence_files=[sentences])
     assert f"{mapping}:2: expected '<clip> vid<N>'" in caplog.text
@@ -77,7 +80,8 @@ def test_msvd_malformed_lines_are_reported_and_skipped(tmp_path, caplog):
     assert f"{sentences}:4: expected 'vid<N><TAB><caption>'" in caplog.text
     assert f"{sentences}:5: vid7 is not in the mapping file" in caplog.text
     data = json.loads(written["test"].read_text())
-    assert data["images"] == [{"id": 1, "file_name": "clipA_1_5.avi"}, {"id": 2, "file_name": "clipB_2_9.avi"}]
+    assert data["images"] == [{"id": 1, "file_name": "clipA_1_5.avi"},
+                              {"id": 2, "file_name": "clipB_2_9.avi"}]
     assert [(a["image_id"], a["caption"]) for a in data["annotations"]] == [
         (1, "a dog runs"), (1, "no tab but fine"), (2, "a man sings")]
 
@@ -95,7 +99,8 @@ def test_msvd_wrong_arguments_and_files_name_the_problem(tmp_path):
         convert_msvd(tmp_path, mapping_file=mapping, sentence_files=[odd])
     bad_csv = tmp_path / "corpus.csv"
     bad_csv.write_text("VideoID,Start,End,Description\nabc,1,2,a dog\n")
-    with pytest.raises(ValueError, match="corpus.csv is not the MSVD corpus CSV: it lacks the column.s. Language"):
+    with pytest.raises(ValueError,
+                       match="corpus.csv is not the MSVD corpus CSV: it lacks the column.s. Language"):
         convert_msvd(tmp_path, corpus_csv=bad_csv)
 
 
@@ -111,7 +116,8 @@ def write_corpus_csv(path, clips):
             writer.writerow([video, start, end, 1, "clean", 10, "English", f"clip {video} plays"])
     video, start, end = clips[0]
     quirks = (
-        f'{video},{start},{end},2,clean,11,English,"a man, a dog and a ""ball"""\n'  # quoted commas and quotes
+        # quoted commas and quotes
+        f'{video},{start},{end},2,clean,11,English,"a man, a dog and a ""ball"""\n'
         f"{video},{start},{end},3,clean,12,French,un homme\n"  # not English: dropped
         f"{video},{start},{end},4,clean,13,English,\n"  # blank description
         f"{video},{start},{end},5,clean,14,English,a dog, unquoted, runs\n"  # unquoted commas
@@ -187,7 +193,8 @@ def test_msrvtt_converter_splits_ids_and_names(tmp_path, caplog):
     assert "1 video(s) without a caption are skipped: video5" in caplog.text
     data = {split: json.loads(path.read_text()) for split, path in written.items()}
     assert list(data) == ["train", "val", "test"]
-    assert data["train"]["images"] == [{"id": 0, "file_name": "video0.mp4"}, {"id": 12, "file_name": "video12.mp4"}]
+    assert data["train"]["images"] == [{"id": 0, "file_name": "video0.mp4"},
+                                       {"id": 12, "file_name": "video12.mp4"}]
     assert [(a["id"], a["image_id"], a["caption"]) for a in data["train"]["annotations"]] == [
         (1, 0, "a man is talking"), (2, 0, "someone speaks"), (3, 12, "a cat")]
     assert data["val"]["annotations"] == [{"id": 1, "image_id": 1, "caption": "a car drives"}]
@@ -200,12 +207,14 @@ def test_msrvtt_malformed_entries_name_the_file_and_entry(tmp_path):
     info = tmp_path / "train_val_videodatainfo.json"
     info.write_text(json.dumps({"videos": [{"video_id": "video0", "split": "train"}, {"video_id": "video1"}],
                                 "sentences": []}))
-    with pytest.raises(ValueError, match=r"train_val_videodatainfo.json: videos\[1\] is not an MSR-VTT video entry"):
+    with pytest.raises(ValueError,
+                       match=r"train_val_videodatainfo.json: videos\[1\] is not an MSR-VTT video entry"):
         convert_msrvtt([info], tmp_path / "out")
     info.write_text(json.dumps({"videos": [{"video_id": "clip", "split": "train"}], "sentences": []}))
     with pytest.raises(ValueError, match=r"videos\[0\] is not an MSR-VTT video entry"):
         convert_msrvtt([info], tmp_path / "out")
-    info.write_text(json.dumps({"videos": [{"video_id": "video0", "split": "dev", "id": 0}], "sentences": []}))
+    info.write_text(json.dumps({"videos": [{"video_id": "video0", "split": "dev", "id": 0}],
+                                "sentences": []}))
     with pytest.raises(ValueError, match=r"videos\[0\] has split 'dev'"):
         convert_msrvtt([info], tmp_path / "out")
     info.write_text(json.dumps({"videos": [{"video_id": "video0", "split": "train", "id": 0}],

@@ -30,7 +30,8 @@ def make_split(folder: Path, variants: range, seed: int) -> Path:
             for direction in DIRECTIONS:
                 for variant in variants:
                     name = f"{colour}_{shape}_{direction}_{variant}.avi"
-                    write_moving_shape_video(folder / name, colour, shape, direction, seconds=FRAMES * rng.choice([3, 5, 7]) / 8,
+                    write_moving_shape_video(folder / name, colour, shape, direction,
+                                             seconds=FRAMES * rng.choice([3, 5, 7]) / 8,
                                              fps=8, start=rng.uniform(0.05, 0.25), codec="MJPG")
                     image_id = len(images) + 1
                     images.append({"id": image_id, "file_name": name})
@@ -41,15 +42,19 @@ def make_split(folder: Path, variants: range, seed: int) -> Path:
     return out
 
 
-def direction_accuracy(tmp_path: Path, videos: Path, train_json: Path, held_out: Path, temporal: bool) -> float:
+def direction_accuracy(
+    tmp_path: Path, videos: Path, train_json: Path, held_out: Path, temporal: bool,
+) -> float:
     run = tmp_path / f"run_temporal_{temporal}"
     config = load_config(None, [
         f"data.train_annotations={train_json}", f"data.train_images={videos}", f"data.num_frames={FRAMES}",
-        "data.min_word_count=1", f"decoder.temporal_positions={FRAMES if temporal else 0}", "decoder.cell_positions=true",
+        "data.min_word_count=1", f"decoder.temporal_positions={FRAMES if temporal else 0}",
+        "decoder.cell_positions=true",
         "decoder.embed_dim=64",
         "decoder.attention_dim=64", "decoder.hidden_dim=128", "decoder.dropout=0.1",
         "train.epochs=60", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=10",
-        f"train.output_dir={run}", f"train.cache_dir={tmp_path / 'cache'}", "train.seed=0", "val.every_epochs=0",
+        f"train.output_dir={run}", f"train.cache_dir={tmp_path / 'cache'}", "train.seed=0",
+        "val.every_epochs=0",
     ])
     train(config)
     captioner = Captioner.load(run)

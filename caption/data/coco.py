@@ -51,7 +51,9 @@ def load_coco_json(path: str | Path) -> dict:
     path = Path(path)
     data = read_json(path, "COCO caption file")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{path} is not a COCO caption file: it needs top-level 'images' and 'annotations' lists")
+        raise ValueError(
+            f"{path} is not a COCO caption file: it needs top-level 'images' and 'annotations' lists"
+        )
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise ValueError(f"{path}: images[{i}] needs 'id' and 'file_name', got {image!r:.200}")
@@ -118,7 +120,9 @@ def read_caption_set(
     _warn_dropped(annotations, empty, "empty or non-text captions (annotation ids)")
     _warn_dropped(annotations, orphans, "captions for an image id not in 'images' (annotation ids)")
     if not image_ids:
-        raise ValueError(f"{annotations}: no usable images (check the image folder {root} and the file names)")
+        raise ValueError(
+            f"{annotations}: no usable images (check the image folder {root} and the file names)"
+        )
     return CaptionSet(str(annotations), image_ids, file_names, captions, root)
 
 

@@ -19,7 +19,9 @@ from caption.data.vocab import Vocabulary
 from caption.utils.logging import logger
 
 
-def image_captions(captions: CaptionSet, vocab: Vocabulary, usable: np.ndarray | None = None) -> list[tuple[int, list[list[int]]]]:
+def image_captions(
+    captions: CaptionSet, vocab: Vocabulary, usable: np.ndarray | None = None,
+) -> list[tuple[int, list[list[int]]]]:
     """(image index, token ids of each of its captions) for every usable image with a caption."""
     items = []
     for index, image_id in enumerate(captions.image_ids):
@@ -49,7 +51,8 @@ def collate_items(items: list[tuple[torch.Tensor | None, list[list[int]]]]):
 
 
 class FeatureCaptionDataset(Dataset):
-    """One item per image: its cached (N, C) features, read from the memory-mapped fp16 array, and its captions."""
+    """One item per image: its cached (N, C) features, read from the memory-mapped fp16 array, and its
+    captions."""
 
     def __init__(self, features: np.ndarray, items: list[tuple[int, list[list[int]]]]):
         self.features = features
@@ -64,9 +67,12 @@ class FeatureCaptionDataset(Dataset):
 
 
 class ImageCaptionDataset(Dataset):
-    """One item per image, decoded from its file (for a fine-tuned encoder); a bad file is reported and skipped."""
+    """One item per image, decoded from its file (for a fine-tuned encoder); a bad file is reported and
+    skipped."""
 
-    def __init__(self, captions: CaptionSet, items: list[tuple[int, list[list[int]]]], transform: ImageTransform):
+    def __init__(
+        self, captions: CaptionSet, items: list[tuple[int, list[list[int]]]], transform: ImageTransform,
+    ):
         self.paths = [str(p) for p in captions.paths()]
         self.items = items
         self.transform = transform
@@ -87,8 +93,12 @@ class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that can start part-way into an epoch, so a resumed run sees exactly the
     samples the interrupted one had not yet used (the order is a function of seed and epoch only)."""
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    def __init__(
+        self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
+    ):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False,
+        )
         self.start = 0
 
     def set_start(self, consumed: int) -> None:
@@ -113,8 +123,8 @@ class WeightedSetSampler(Sampler[int]):
     already used, as in ``ResumableDistributedSampler``.
     """
 
-    def __init__(self, set_sizes: Sequence[int], weights: Sequence[float], *, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0):
+    def __init__(self, set_sizes: Sequence[int], weights: Sequence[float], *, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0):
         self.set_sizes = list(set_sizes)
         self.draws = [round(weight * size) for size, weight in zip(set_sizes, weights)]
         self.offsets = np.cumsum([0, *self.set_sizes[:-1]]).tolist()
@@ -148,7 +158,8 @@ class WeightedSetSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         indices = self.epoch_indices()
         padded = self.num_samples * self.num_replicas
-        while len(indices) < padded:  # as DistributedSampler: repeat from the start to fill every rank's share
+        # as DistributedSampler: repeat from the start to fill every rank's share
+        while len(indices) < padded:
             indices += indices[: padded - len(indices)]
         return iter(indices[self.rank : padded : self.num_replicas][self.start :])
 

@@ -125,7 +125,9 @@ _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BM
                "AVI": ".avi", "MP4": ".mp4", "QuickTime": ".mov", "Matroska/WebM": ".mkv"}
 
 
-def wrong_type(source: str, head: bytes, wanted: str, error: type[ImageLoadError] = ImageLoadError) -> ImageLoadError | None:
+def wrong_type(
+    source: str, head: bytes, wanted: str, error: type[ImageLoadError] = ImageLoadError,
+) -> ImageLoadError | None:
     """The error for a file that is not ``wanted`` ("image" or "video") when its first bytes say what it is
     instead; None when they do not (then the decoder's own failure is the best explanation)."""
     found = sniff(head)
@@ -138,6 +140,8 @@ def wrong_type(source: str, head: bytes, wanted: str, error: type[ImageLoadError
     suffix = Path(source).suffix.lower()
     if suffix == _EXTENSIONS.get(name):
         return error(source, f"{_a(name)} {family}, not {_a(wanted)}", ErrorKind.WRONG_TYPE)
-    rename = f"; rename it to {_EXTENSIONS[name]} to caption it as {_a(family)}" if name in _EXTENSIONS else ""
+    rename = (
+        f"; rename it to {_EXTENSIONS[name]} to caption it as {_a(family)}" if name in _EXTENSIONS else ""
+    )
     named = f"named {suffix}" if suffix else "without an extension"
     return error(source, f"{_a(name)} {family} {named}, not {_a(wanted)}{rename}", ErrorKind.WRONG_TYPE)

@@ -13,7 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from caption.data.files import read_head, sniff, wrong_type
 from caption.errors import ErrorKind, ImageLoadError
 
-__all__ = ["ImageInput", "ImageLoadError", "ImageTransform", "MAX_IMAGE_PIXELS", "describe", "load_image", "to_rgb"]
+__all__ = [
+    "ImageInput", "ImageLoadError", "ImageTransform", "MAX_IMAGE_PIXELS", "describe", "load_image", "to_rgb",
+]
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -44,19 +46,21 @@ def _to_uint8(array: np.ndarray, source: str, bits: int | None = None) -> np.nda
         raise ImageLoadError(source, "the image has no pixels", ErrorKind.UNSUPPORTED)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise ImageLoadError(source, "some pixel values are NaN or infinite; give finite values from 0 to 1",
-                                 ErrorKind.UNSUPPORTED)
+            raise ImageLoadError(source, "some pixel values are NaN or infinite; give finite values from 0 "
+                                         "to 1", ErrorKind.UNSUPPORTED)
         low, high = float(array.min()), float(array.max())
         if low < 0 or high > 255:
-            raise ImageLoadError(source, f"floating-point pixel values from {low:g} to {high:g}: expected 0 to 1 "
-                                         "(or 0 to 255); scale the image to that range first", ErrorKind.UNSUPPORTED)
+            raise ImageLoadError(source, f"floating-point pixel values from {low:g} to {high:g}: expected "
+                                         "0 to 1 (or 0 to 255); scale the image to that range first",
+                                 ErrorKind.UNSUPPORTED)
         scale = 255.0 if high <= 1.0 else 1.0
         return np.round(array.astype(np.float64) * scale).astype(np.uint8)
     if not np.issubdtype(array.dtype, np.integer):
         raise ImageLoadError(source, f"pixels of type {array.dtype} are not numbers", ErrorKind.UNSUPPORTED)
     low, high = int(array.min()), int(array.max())
     if low < 0:
-        raise ImageLoadError(source, f"negative pixel values (down to {low}): expected 0 or more", ErrorKind.UNSUPPORTED)
+        raise ImageLoadError(source, f"negative pixel values (down to {low}): expected 0 or more",
+                             ErrorKind.UNSUPPORTED)
     if bits is None:
         bits = 8 if high <= 255 else 16 if high <= 65535 else 32
     top = 2**bits - 1
@@ -68,7 +72,8 @@ def _declared_bits(image: Image.Image) -> int | None:
     if image.mode.startswith("I;16"):
         return 16
     tags = getattr(image, "tag_v2", None)
-    if image.mode == "I" and tags is not None and 258 in tags:  # TIFF BitsPerSample (and SampleFormat 2: signed)
+    # TIFF BitsPerSample (and SampleFormat 2: signed)
+    if image.mode == "I" and tags is not None and 258 in tags:
         bits = tags[258][0] if isinstance(tags[258], tuple) else int(tags[258])
         return bits - 1 if bits == 32 and _tag_value(tags.get(339)) == 2 else bits
     if image.mode == "I" and image.format == "PNG":
@@ -103,8 +108,8 @@ def to_rgb(image: Image.Image, source: str, bits: int | None = None) -> Image.Im
             return _flatten_alpha((image.convert("LA") if mode == "La" else image).convert("RGBA"))
         return image.convert("RGB")
     except ValueError as err:
-        raise ImageLoadError(source, f"images in Pillow mode {mode} cannot be shown as RGB ({err}); save it as an "
-                                     "8-bit RGB or grey image", ErrorKind.UNSUPPORTED) from None
+        raise ImageLoadError(source, f"images in Pillow mode {mode} cannot be shown as RGB ({err}); save it "
+                                     "as an 8-bit RGB or grey image", ErrorKind.UNSUPPORTED) from None
 
 
 def _from_array(array: np.ndarray, source: str) -> Image.Image:
@@ -128,8 +133,11 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def load_image(item: ImageInput, draft_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Read an image as upright 8-bit RGB (EXIF rotation applied; every pixel mode converted, see ``to_rgb``).
+def load_image(
+    item: ImageInput, draft_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Read an image as upright 8-bit RGB (EXIF rotation applied; every pixel mode converted, see
+    ``to_rgb``).
 
     ``draft_size`` lets the JPEG decoder downscale while decoding, which is much faster for large
     photos that are about to be shrunk anyway. Files over ``max_pixels`` are refused before decoding.
@@ -143,7 +151,8 @@ def load_image(item: ImageInput, draft_size: int | None = None, max_pixels: int 
     elif isinstance(item, (str, Path)):
         return _load_file(Path(item), source, draft_size, max_pixels)
     else:
-        raise ImageLoadError(source, "expected a file path, a PIL image or a numpy array", ErrorKind.UNSUPPORTED)
+        raise ImageLoadError(source, "expected a file path, a PIL image or a numpy array",
+                             ErrorKind.UNSUPPORTED)
     _check_pixels(image.size, source, max_pixels)
     return image
 
@@ -151,7 +160,8 @@ def load_image(item: ImageInput, draft_size: int | None = None, max_pixels: int 
 def _check_pixels(size: tuple[int, int], source: str, max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ImageLoadError(source, f"{width}x{height} pixels is over the limit of {max_pixels:,}", ErrorKind.TOO_LARGE)
+        raise ImageLoadError(source, f"{width}x{height} pixels is over the limit of {max_pixels:,}",
+                             ErrorKind.TOO_LARGE)
     if width == 0 or height == 0:
         raise ImageLoadError(source, "the image has no pixels", ErrorKind.UNSUPPORTED)
 
@@ -174,7 +184,8 @@ def _load_file(path: Path, source: str, draft_size: int | None, max_pixels: int)
     except UnidentifiedImageError:
         raise _unidentified(source, head) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(source, f"refused as a possible decompression bomb ({err})", ErrorKind.TOO_LARGE) from None
+        raise ImageLoadError(source, f"refused as a possible decompression bomb ({err})",
+                             ErrorKind.TOO_LARGE) from None
     except MemoryError:
         raise ImageLoadError(source, "not enough memory to decode it", ErrorKind.TOO_LARGE) from None
     except PermissionError as err:  # read_head could read it a moment ago; the permissions changed since
@@ -192,8 +203,8 @@ def _unidentified(source: str, head: bytes) -> ImageLoadError:
         return wrong
     found = sniff(head)
     if found is not None:  # an image format Pillow knows by name but cannot decode here (HEIC, say)
-        return ImageLoadError(source, f"a {found[0]} image, which this installation cannot decode: convert it to "
-                                      "JPEG or PNG", ErrorKind.UNSUPPORTED)
+        return ImageLoadError(source, f"a {found[0]} image, which this installation cannot decode: convert "
+                                      "it to JPEG or PNG", ErrorKind.UNSUPPORTED)
     return ImageLoadError(source, "not an image file (unknown or unsupported format)", ErrorKind.NOT_MEDIA)
 
 

@@ -31,7 +31,8 @@ def write_moving_shape_video(
     start: float = 0.1,
     codec: str = "mp4v",
 ) -> Path:
-    """Write a video of ``shape`` crossing the frame towards ``direction``, starting ``start`` of the way in."""
+    """Write a video of ``shape`` crossing the frame towards ``direction``, starting ``start`` of the way
+    in."""
     import cv2
 
     path = Path(path)

@@ -72,10 +72,10 @@ def _open(path: str | Path):
     if not capture.isOpened():
         capture.release()
         if sniff(head) is not None:
-            raise VideoLoadError(source, "cannot be opened as a video: truncated before its index, or a codec "
-                                         "OpenCV cannot read", ErrorKind.CORRUPT)
-        raise VideoLoadError(source, "cannot be opened as a video: not a video, or a format OpenCV cannot read "
-                                     "(use mp4, avi, webm, mov or mkv)", ErrorKind.NOT_MEDIA)
+            raise VideoLoadError(source, "cannot be opened as a video: truncated before its index, or a "
+                                         "codec OpenCV cannot read", ErrorKind.CORRUPT)
+        raise VideoLoadError(source, "cannot be opened as a video: not a video, or a format OpenCV cannot "
+                                     "read (use mp4, avi, webm, mov or mkv)", ErrorKind.NOT_MEDIA)
     return capture
 
 
@@ -123,7 +123,10 @@ def sample_indices(info: VideoInfo, num_frames: int | None = 8, every_seconds: f
     """Frame numbers to read between ``start`` and ``end`` seconds: ``num_frames`` at the centres of equal
     segments, or one every ``every_seconds`` (from the first segment's centre). Always at least one."""
     first = min(int(start * info.fps), info.frame_count - 1)
-    last = info.frame_count if end is None else min(info.frame_count, max(first + 1, int(round(end * info.fps))))
+    last = (
+        info.frame_count if end is None
+        else min(info.frame_count, max(first + 1, int(round(end * info.fps))))
+    )
     span = last - first
     if every_seconds:
         step = max(1.0, every_seconds * info.fps)
@@ -147,7 +150,8 @@ def _read_by_seeking(capture, indices: list[int], max_side: int | None) -> dict[
     cv2 = _cv2()
     frames: dict[int, Image.Image] = {}
     for index in sorted(set(indices)):
-        if not capture.set(cv2.CAP_PROP_POS_FRAMES, index) or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
+        if (not capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+                or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index):
             return None
         ok, frame = capture.read()
         if not ok:
@@ -215,7 +219,8 @@ def detect_scenes(
     """Split a video into scenes where the colour histogram changes sharply; returns (start, end) seconds.
 
     Frames are compared every ``step_seconds`` (one sequential pass: this, unlike sampling, reads the whole
-    video); a cut needs a Bhattacharyya distance over ``threshold`` and scenes last ``min_seconds`` or more."""
+    video); a cut needs a Bhattacharyya distance over ``threshold`` and scenes last ``min_seconds`` or
+    more."""
     cv2 = _cv2()
     capture = _open(path)
     try:
@@ -230,7 +235,8 @@ def detect_scenes(
                     small = cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA)
                     hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
                     # Hue, saturation and brightness: a cut from a dark to a bright grey room is a cut too.
-                    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256])  # (8, 4, 4)
+                    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4],  # (8, 4, 4)
+                                        [0, 180, 0, 256, 0, 256])
                     hist = cv2.normalize(hist, hist).flatten()  # (128,)
                     time = position / info.fps
                     if previous is not None and time - cuts[-1] >= min_seconds and \
@@ -249,7 +255,9 @@ def detect_scenes(
 class VideoTransform:
     """A video file to its ``num_frames`` uniformly sampled frames, each as ``ImageTransform`` makes them."""
 
-    def __init__(self, image_transform: ImageTransform, num_frames: int, max_seconds: float = MAX_VIDEO_SECONDS):
+    def __init__(
+        self, image_transform: ImageTransform, num_frames: int, max_seconds: float = MAX_VIDEO_SECONDS,
+    ):
         self.image_transform = image_transform
         self.num_frames = num_frames
         self.max_seconds = max_seconds

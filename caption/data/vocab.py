@@ -94,10 +94,18 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "vocabulary") -> Vocabulary:
-        if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT or not isinstance(data.get("words"), list):
-            raise ValueError(f"{source} is not a vocabulary file of format {VOCAB_FORMAT} (needs 'format' and 'words')")
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != VOCAB_FORMAT
+            or not isinstance(data.get("words"), list)
+        ):
+            raise ValueError(
+                f"{source} is not a vocabulary file of format {VOCAB_FORMAT} (needs 'format' and 'words')"
+            )
         try:
-            return cls(list(data["words"]), min_count=int(data["min_count"]), max_length=int(data["max_length"]))
+            return cls(
+                list(data["words"]), min_count=int(data["min_count"]), max_length=int(data["max_length"]),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: missing or bad vocabulary field ({err})") from None
 

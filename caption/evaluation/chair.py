@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 # the category whose object they are, so "hot dog" is food and never a dog, "teddy bear" never a bear.
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": ("person", "people", "man", "woman", "men", "women", "boy", "girl", "child", "children", "kid",
-               "baby", "toddler", "adult", "lady", "guy", "gentleman", "player", "skier", "snowboarder", "surfer",
-               "skateboarder", "skater", "rider", "biker", "cyclist", "chef", "cook", "worker", "officer",
-               "policeman", "cop", "soldier", "passenger", "pedestrian", "tourist", "student", "teenager",
-               "teen", "crowd", "family", "mother", "father", "mom", "dad", "son", "daughter",
+               "baby", "toddler", "adult", "lady", "guy", "gentleman", "player", "skier", "snowboarder",
+               "surfer", "skateboarder", "skater", "rider", "biker", "cyclist", "chef", "cook", "worker",
+               "officer", "policeman", "cop", "soldier", "passenger", "pedestrian", "tourist", "student",
+               "teenager", "teen", "crowd", "family", "mother", "father", "mom", "dad", "son", "daughter",
                "brother", "sister", "bride", "groom", "batter", "pitcher", "catcher", "umpire", "athlete",
                "cowboy", "male", "female", "youngster", "infant", "spectator", "swimmer", "climber", "hiker",
-               "runner", "dancer", "performer", "musician", "tennis player", "baseball player", "police officer"),
+               "runner", "dancer", "performer", "musician", "tennis player", "baseball player",
+               "police officer"),
     "bicycle": ("bicycle", "bike"),
     "car": ("car", "automobile", "van", "minivan", "sedan", "suv", "taxi", "cab", "jeep", "police car"),
     "motorcycle": ("motorcycle", "motorbike", "motor bike", "motor cycle", "scooter", "moped", "dirt bike"),
@@ -118,12 +119,13 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 IRREGULAR_PLURALS = {
     "men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot", "mice": "mouse",
     "geese": "goose", "oxen": "ox", "knives": "knife", "calves": "calf", "wolves": "wolf", "loaves": "loaf",
-    "leaves": "leaf", "shelves": "shelf", "teeth": "tooth", "policemen": "policeman", "gentlemen": "gentleman",
-    "sheep": "sheep", "cattle": "cattle", "buses": "bus", "busses": "bus", "glasses": "glass",
-    "benches": "bench", "sandwiches": "sandwich", "couches": "couch", "boxes": "box", "dishes": "dish",
-    "ponies": "pony", "puppies": "puppy", "babies": "baby", "ladies": "lady", "families": "family",
-    "kitties": "kitty", "teddies": "teddy", "skis": "ski", "scissors": "scissors", "shears": "shears",
-    "tomatoes": "tomato", "potatoes": "potato", "luggage": "luggage", "broccoli": "broccoli", "species": "species",
+    "leaves": "leaf", "shelves": "shelf", "teeth": "tooth", "policemen": "policeman",
+    "gentlemen": "gentleman", "sheep": "sheep", "cattle": "cattle", "buses": "bus", "busses": "bus",
+    "glasses": "glass", "benches": "bench", "sandwiches": "sandwich", "couches": "couch", "boxes": "box",
+    "dishes": "dish", "ponies": "pony", "puppies": "puppy", "babies": "baby", "ladies": "lady",
+    "families": "family", "kitties": "kitty", "teddies": "teddy", "skis": "ski", "scissors": "scissors",
+    "shears": "shears", "tomatoes": "tomato", "potatoes": "potato", "luggage": "luggage",
+    "broccoli": "broccoli", "species": "species",
     "bus": "bus", "glass": "glass", "grass": "grass", "dress": "dress", "class": "class", "cross": "cross",
 }
 # Person words that, right before an animal word, give its age ("baby elephant") rather than a person.
@@ -131,9 +133,10 @@ AGE_WORDS = {"baby", "adult", "young", "mother", "father", "child", "kid"}
 ANIMALS = {"bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe"}
 # After "orange", a word that keeps it a noun (the fruit): anything else makes it a colour.
 ORANGE_NOUN_FOLLOWERS = {"", "and", "or", "on", "in", "with", "is", "are", "sits", "sitting", "next", "slice",
-                         "slices", "peel", "peels", "half", "halves", "wedge", "wedges", "juice", "of", "to", "near",
-                         "by", "that", "which", "while", "at", "from", "for"}
-COLOURS = {"white", "black", "red", "blue", "green", "yellow", "brown", "pink", "purple", "grey", "gray", "orange"}
+                         "slices", "peel", "peels", "half", "halves", "wedge", "wedges", "juice", "of", "to",
+                         "near", "by", "that", "which", "while", "at", "from", "for"}
+COLOURS = {"white", "black", "red", "blue", "green", "yellow", "brown", "pink", "purple", "grey", "gray",
+           "orange"}
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -187,7 +190,8 @@ def caption_objects(caption: str) -> list[tuple[str, str]]:
             if category is None:
                 continue
             following = singulars[i + size] if i + size < len(words) else ""
-            if category == "person" and size == 1 and singulars[i] in AGE_WORDS and _LOOKUP.get((following,)) in ANIMALS:
+            if (category == "person" and size == 1 and singulars[i] in AGE_WORDS
+                    and _LOOKUP.get((following,)) in ANIMALS):
                 category = None  # "baby elephant": the elephant's age
             elif category == "orange" and singulars[i] == "orange" and _is_colour(singulars, i + 1):
                 category = None  # "an orange cat", "orange and white": a colour

@@ -41,7 +41,9 @@ PREPOSITIONS = frozenset({
 DANGLING_WORDS = ARTICLES | POSSESSIVES | CONJUNCTIONS | PREPOSITIONS
 
 #: Function words: a repeated pair of two of them ("in a" twice) is not counted as a repetition.
-FUNCTION_WORDS = DANGLING_WORDS | frozenset({"in", "on", "by", "her", "is", "are", "up", "out", "off", "down"})
+FUNCTION_WORDS = DANGLING_WORDS | frozenset(
+    {"in", "on", "by", "her", "is", "are", "up", "out", "off", "down"}
+)
 
 
 def repeated_phrase(words: Sequence[str]) -> tuple[str, ...] | None:

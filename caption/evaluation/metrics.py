@@ -17,7 +17,8 @@ from caption.config import score_names as score_names  # defined with the config
 from caption.utils.logging import logger
 
 # What pycocoevalcap's tokenizer strips after PTB tokenisation (copied from its ptbtokenizer.py).
-PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+                "...", ";"}
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
@@ -51,7 +52,8 @@ def spice_unavailable_reason() -> str | None:
     missing = [jar for jar in SPICE_CORENLP_JARS if not (lib / jar).is_file()]
     if missing:
         return (f"SPICE skipped: {', '.join(missing)} missing from {lib} "
-                "(with internet: python -c 'from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()')")
+                "(with internet: python -c 'from pycocoevalcap.spice.get_stanford_models "
+                "import get_stanford_models as g; g()')")
     return None
 
 
@@ -65,7 +67,8 @@ def ptb_tokenize(captions: dict, java: str) -> dict:
         name = handle.name
     try:
         result = subprocess.run(
-            [java, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", name],
+            [java, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
+             name],
             capture_output=True,
         )
     finally:
@@ -154,7 +157,9 @@ def compute_metrics(
             try:
                 corpus, items = Spice().compute_score(gts, res)
             except subprocess.CalledProcessError as err:
-                raise MetricError(f"SPICE (Java, needs about 8 GB of heap) failed with exit code {err.returncode}") from None
+                raise MetricError(
+                    f"SPICE (Java, needs about 8 GB of heap) failed with exit code {err.returncode}"
+                ) from None
             items = [item["All"]["f"] for item in items]
         scores[metric] = float(corpus)
         per_item[metric] = [float(x) for x in items]

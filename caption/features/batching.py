@@ -51,7 +51,11 @@ def iter_image_batches(
     """Yield ``(indices, images (B, 3, S, S) or None, {index: error})`` in input order, decoded for
     ``device`` (``num_workers`` None: ``default_num_workers(device)``)."""
     num_workers = default_num_workers(device) if num_workers is None else num_workers
-    workers = num_workers if all(isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") for item in items) else 0
+    workers = (
+        num_workers
+        if all(isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") for item in items)
+        else 0
+    )
     loader = DataLoader(
         _Images(items, transform), batch_size=batch_size, num_workers=min(workers, len(items)),
         collate_fn=_collate, pin_memory=device.type == "cuda",

@@ -29,7 +29,8 @@ from caption.utils.runtime import cuda_autocast
 
 @dataclass
 class CachedFeatures:
-    """Features for a list of images: ``features[i]`` is (N, C) fp16; ``valid[i]`` is False for unreadable files."""
+    """Features for a list of images: ``features[i]`` is (N, C) fp16; ``valid[i]`` is False for unreadable
+    files."""
 
     paths: list[str]
     features: np.ndarray  # (M, N, C) float16, memory-mapped
@@ -69,7 +70,9 @@ def encode_images(
     encoder.eval()
     errors: dict[int, str] = {}
     autocast = cuda_autocast(device)
-    batches = iter_image_batches(paths, transform, device=device, batch_size=batch_size, num_workers=num_workers)
+    batches = iter_image_batches(
+        paths, transform, device=device, batch_size=batch_size, num_workers=num_workers,
+    )
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for indices, images, batch_errors in batches:
             errors.update({i: str(err) for i, err in batch_errors.items()})

@@ -60,7 +60,9 @@ class ImageEncoder(nn.Module):
         else:
             cfg = dataclasses.replace(cfg, mean=list(cfg.mean), std=list(cfg.std))
         self.cfg = cfg
-        self.backbone = timm.create_model(cfg.name, pretrained=load_weights and cfg.weights == "timm", num_classes=0)
+        self.backbone = timm.create_model(
+            cfg.name, pretrained=load_weights and cfg.weights == "timm", num_classes=0,
+        )
         if cfg.bn_eps:
             set_batchnorm_eps(self.backbone, cfg.bn_eps)
         if load_weights:

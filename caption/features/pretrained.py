@@ -23,7 +23,9 @@ LITE_BN_EPS = 1e-3
 LITE_MEAN = (0.5, 0.5, 0.5)  # Lite models were trained on (x - 127) / 128
 LITE_STD = (0.5, 0.5, 0.5)
 
-_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP_LEVEL = {
+    "_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier",
+}
 # First block is depthwise-separable (no expansion); the rest are inverted residuals.
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _IR_BLOCK = {
@@ -47,11 +49,14 @@ def is_efficientnet_pytorch_layout(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def stage_sizes(model: nn.Module) -> tuple[int, ...]:
-    """Blocks per stage of a timm EfficientNet (Lite0: 1, 2, 2, 3, 3, 4, 1; Lite1 and Lite2: 1, 3, 3, 4, 4, 5, 1)."""
+    """Blocks per stage of a timm EfficientNet (Lite0: 1, 2, 2, 3, 3, 4, 1; Lite1 and Lite2: 1, 3, 3, 4, 4,
+    5, 1)."""
     return tuple(len(stage) for stage in model.blocks)
 
 
-def efficientnet_pytorch_to_timm(state_dict: dict[str, torch.Tensor], sizes: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def efficientnet_pytorch_to_timm(
+    state_dict: dict[str, torch.Tensor], sizes: tuple[int, ...],
+) -> dict[str, torch.Tensor]:
     """Rename EfficientNet-PyTorch keys (``_blocks.N._expand_conv``) to timm's (``blocks.s.i.conv_pw``).
 
     EfficientNet-PyTorch numbers the MBConv blocks flat; timm groups them into stages of ``sizes`` blocks.
@@ -95,7 +100,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a plain tensor file"
-        raise ValueError(f"{path} is not a plain state_dict of tensors (refusing to unpickle code): {err}") from None
+        raise ValueError(
+            f"{path} is not a plain state_dict of tensors (refusing to unpickle code): {err}"
+        ) from None
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -113,18 +120,22 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     if missing or result.unexpected_keys:
         raise ValueError(
             f"encoder weights {source} do not fit the model: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}) and {len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})"
+            f"(e.g. {missing[:3]}) and {len(result.unexpected_keys)} unexpected keys "
+            f"(e.g. {result.unexpected_keys[:3]})"
         )
 
 
 def apply_pretrained(model: nn.Module, model_name: str, weights: str) -> None:
-    """Fill a freshly created timm model (``pretrained=False``) from ``weights``; "timm" is done at creation."""
+    """Fill a freshly created timm model (``pretrained=False``) from ``weights``; "timm" is done at
+    creation."""
     if weights in ("none", "timm"):
         return
     if weights in LITE_PACKAGES.values():
         fits = next(name for name, package in LITE_PACKAGES.items() if package == weights)
         if model_name != fits:
-            raise ValueError(f"encoder weights '{weights}' only fit encoder.name '{fits}', not {model_name!r}")
+            raise ValueError(
+                f"encoder weights '{weights}' only fit encoder.name '{fits}', not {model_name!r}"
+            )
         path = lite_package_file(weights)
     else:
         path = Path(weights)

@@ -1,7 +1,7 @@
 """Requests from many threads, served in batches by one worker thread.
 
-Whatever arrives while the previous batch runs goes into the next one (up to ``max_batch_size``), so N users at
-once cost about one forward pass, and the model runs one batch at a time. Each request is judged on its own
+Whatever arrives while the previous batch runs goes into the next one (up to ``max_batch_size``), so N users
+at once cost about one forward pass, and the model runs one batch at a time. Each request is judged on its own
 before it gets here (a bad value or file never enters a batch), and if running a batch fails anyway, its
 requests are run again one by one, so only the request that fails on its own gets the exception.
 """
@@ -24,7 +24,9 @@ Result = TypeVar("Result")
 class MicroBatcher(Generic[Request, Result]):
     """``batcher(request)`` blocks until ``run([request, ...])`` has produced that request's result."""
 
-    def __init__(self, run: Callable[[list[Request]], list[Result]], max_batch_size: int, name: str = "batcher"):
+    def __init__(
+        self, run: Callable[[list[Request]], list[Result]], max_batch_size: int, name: str = "batcher",
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.run = run

@@ -43,8 +43,8 @@ def word_heatmaps(
 
 
 def video_word_heatmaps(
-    frames: list[Image.Image], times: list[float], words: list[str], attention: np.ndarray, grid: tuple[int, int],
-    size: int = 256,
+    frames: list[Image.Image], times: list[float], words: list[str], attention: np.ndarray,
+    grid: tuple[int, int], size: int = 256,
 ) -> tuple[list[tuple[Image.Image, str]], list[tuple[Image.Image, str]]]:
     """For a video captioned over frames x cells: (one overlay per word on the frame it looked at most,
     each frame labelled with its time and its share of the caption's attention)."""
@@ -59,7 +59,8 @@ def video_word_heatmaps(
     by_word = []
     for t, word in enumerate(words):
         f = int(per_frame[t].argmax())
-        by_word.append((attention_overlay(small[f], attention[t, f], grid), f"{word} · frame {f + 1} ({times[f]:.1f} s)"))
+        by_word.append((attention_overlay(small[f], attention[t, f], grid),
+                        f"{word} · frame {f + 1} ({times[f]:.1f} s)"))
     share = per_frame.mean(axis=0)  # (F,)
     by_frame = [(image, f"{times[f]:.1f} s · {share[f]:.0%}") for f, image in enumerate(small)]
     return by_word, by_frame

@@ -1,4 +1,5 @@
-"""Turn what a user names on the command line (files, folders, globs, a file list) into the files to caption."""
+"""Turn what a user names on the command line (files, folders, globs, a file list) into the files to
+caption."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def read_file_list(path: str | Path) -> list[str]:
     if suffix == ".csv":
         rows = list(csv.reader(io.StringIO(text)))
         header = rows[0] if rows else []
-        columns = {name.strip(): [row[i] if i < len(row) else "" for row in rows[1:]] for i, name in enumerate(header)}
+        columns = {name.strip(): [row[i] if i < len(row) else "" for row in rows[1:]]
+                   for i, name in enumerate(header)}
         return _listing_column(path, columns)
     lines = text.splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -77,9 +79,11 @@ def _parquet_columns(path: str | Path) -> dict[str, list]:
 
 def _listing_column(path: str | Path, columns: dict[str, list]) -> list[str]:
     if LISTING_COLUMN not in columns:
-        raise InputError(f"{path}: a listing needs a {LISTING_COLUMN!r} column with the files; its columns are "
-                         f"{', '.join(map(repr, columns)) or 'none'}")
-    return [str(value).strip() for value in columns[LISTING_COLUMN] if value is not None and str(value).strip()]
+        raise InputError(f"{path}: a listing needs a {LISTING_COLUMN!r} column with the files; its columns "
+                         f"are {', '.join(map(repr, columns)) or 'none'}")
+    return [
+        str(value).strip() for value in columns[LISTING_COLUMN] if value is not None and str(value).strip()
+    ]
 
 
 def discover(inputs: Iterable[str], file_lists: Iterable[str] = ()) -> Discovered:
@@ -124,8 +128,8 @@ def _search(folder: Path, found: Discovered) -> list[str]:
             found.skipped_folders.append((directory, f"cannot be listed ({err.strerror or err})"))
             continue
         if (info.st_dev, info.st_ino) in searched:
-            found.skipped_folders.append((directory, f"a link to {os.path.realpath(directory)}, which is searched "
-                                                     "already; not searched twice"))
+            found.skipped_folders.append((directory, f"a link to {os.path.realpath(directory)}, which is "
+                                                     "searched already; not searched twice"))
             continue
         searched.add((info.st_dev, info.st_ino))
         for entry in entries:

@@ -19,7 +19,8 @@ def _cues(results: Sequence[CaptionResult]) -> list[tuple[float, float, str]]:
     cues = []
     for result in results:
         if result.segment is None:
-            raise ValueError(f"{result.source}: subtitles need scene captions (caption_video(..., scenes=True))")
+            raise ValueError(f"{result.source}: subtitles need scene captions "
+                             "(caption_video(..., scenes=True))")
         if result.ok and result.segment[1] > result.segment[0]:
             cues.append((result.segment[0], result.segment[1], result.text))
     return cues

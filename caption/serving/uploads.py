@@ -1,13 +1,13 @@
 """Keep the web demo's uploads from filling the disk.
 
-Gradio stores every upload under its temporary folder and never deletes it on its own. The janitor deletes
-an upload once no request has used it for ``keep_seconds`` (long enough to try another beam size on the same
-photo), and, whenever uploads take more than ``max_bytes``, the least recently used ones first. An upload that a
-request is using is never deleted, and one that no request has used yet (its request may still be in the queue)
-is given at least ``unclaimed_seconds`` and is only deleted for space past twice the budget (so uploads never
-take more than ``2 * max_bytes`` beyond those in use). It sweeps after every request and
-every few seconds in between, so uploads that no request ever uses (a client that only uploads) are bounded too.
-The files the server writes for the page (previews, heatmaps) are deleted ``keep_seconds`` after they were made,
+Gradio stores every upload under its temporary folder and never deletes it on its own. The janitor deletes an
+upload once no request has used it for ``keep_seconds`` (long enough to try another beam size on the same
+photo), and, whenever uploads take more than ``max_bytes``, the least recently used ones first. An upload that
+a request is using is never deleted, and one that no request has used yet (its request may still be in the
+queue) is given at least ``unclaimed_seconds`` and is only deleted for space past twice the budget (so uploads
+never take more than ``2 * max_bytes`` beyond those in use). It sweeps after every request and every few
+seconds in between, so uploads that no request ever uses (a client that only uploads) are bounded too. The
+files the server writes for the page (previews, heatmaps) are deleted ``keep_seconds`` after they were made,
 except those it had at start (the example photos, which the page's examples point at for good).
 """
 
@@ -30,8 +30,8 @@ class UploadJanitor:
                  unclaimed_seconds: float = 60.0, sweep_every: float | None = None,
                  outputs: Iterable[MutableSet[str]] = ()):
         """``uploads``: the live set of uploaded paths (Gradio's ``Blocks.upload_file_set``); ``outputs``: the
-        live sets of files written for the page (the other ``Blocks.temp_file_sets``). The janitor removes from
-        them what it deletes; the output files there now are kept."""
+        live sets of files written for the page (the other ``Blocks.temp_file_sets``). The janitor removes
+        from them what it deletes; the output files there now are kept."""
         self.uploads = uploads
         self.outputs = [files for files in outputs if files is not uploads]
         self._kept = set().union(*(files.copy() for files in self.outputs))
@@ -43,7 +43,8 @@ class UploadJanitor:
         self._lock = threading.Lock()
         interval = sweep_every if sweep_every is not None else min(30.0, max(1.0, keep_seconds / 2))
         self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_every, args=(interval,), name="upload-janitor", daemon=True)
+        self._sweeper = threading.Thread(target=self._sweep_every, args=(interval,), name="upload-janitor",
+                                         daemon=True)
         self._sweeper.start()
 
     @contextlib.contextmanager
@@ -65,7 +66,8 @@ class UploadJanitor:
             self.sweep()
 
     def sweep(self) -> int:
-        """Delete what has expired, then the least recently used until within budget; returns files deleted."""
+        """Delete what has expired, then the least recently used until within budget; returns files
+        deleted."""
         with self._lock:
             now = time.time()
             unused: list[tuple[bool, float, str, int]] = []  # (unclaimed, last used, path, bytes)
@@ -89,7 +91,8 @@ class UploadJanitor:
                 # Over budget, used uploads go; one whose request is still queued only past twice the budget.
                 over = total > (2 * self.max_bytes if unclaimed else self.max_bytes)
                 if (expired or over) and self._delete(path):
-                    logger.debug("deleted the upload %s: %s", path, "unused for long" if expired else "over budget")
+                    logger.debug("deleted the upload %s: %s", path,
+                                 "unused for long" if expired else "over budget")
                     total -= size
                     deleted += 1
             return deleted + self._sweep_outputs(now)

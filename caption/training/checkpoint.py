@@ -34,7 +34,10 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     np_state = np.random.get_state()
-    state["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "rest": [np_state[0], *map(_plain, np_state[2:])]}
+    state["numpy"] = {
+        "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "rest": [np_state[0], *map(_plain, np_state[2:])],
+    }
     state["python"] = _plain(random.getstate())
     return state
 

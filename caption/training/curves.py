@@ -1,8 +1,8 @@
 """Training curves of one or more runs as one picture: loss or SCST reward per step, dev metrics per epoch.
 
 A run directory holds ``steps.jsonl`` (a line every ``train.log_every_steps`` steps) and ``log.jsonl`` (a line
-per epoch, with the validation scores; a panel per dev split when there are several). Runs from before steps.jsonl existed plot their per-epoch training
-loss instead.
+per epoch, with the validation scores; a panel per dev split when there are several). Runs from before
+steps.jsonl existed plot their per-epoch training loss instead.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class RunCurves:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL log; a last line cut short by a kill is skipped, a broken line elsewhere is an error."""
+    """Lines of a JSONL log; a last line cut short by a kill is skipped, a broken line elsewhere is an
+    error."""
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -44,13 +45,19 @@ def read_run(run_dir: str | Path) -> RunCurves:
     run_dir = Path(run_dir)
     epochs_file, steps_file = run_dir / "log.jsonl", run_dir / "steps.jsonl"
     if not epochs_file.is_file() and not steps_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: no log.jsonl or steps.jsonl there; give a training run's output_dir")
+        raise FileNotFoundError(
+            f"{run_dir}: no log.jsonl or steps.jsonl there; give a training run's output_dir"
+        )
     epochs = _read_jsonl(epochs_file) if epochs_file.is_file() else []
     steps = _read_jsonl(steps_file) if steps_file.is_file() else []
-    objective = epochs[0].get("objective", "xent") if epochs else ("scst" if any("reward" in s for s in steps) else "xent")
+    objective = (
+        epochs[0].get("objective", "xent") if epochs
+        else ("scst" if any("reward" in s for s in steps) else "xent")
+    )
     run = RunCurves(name=run_dir.name, objective=objective)
     if steps:
-        latest = {line["step"]: line for line in steps}  # a resumed run logs its last steps again: keep the last
+        # a resumed run logs its last steps again: keep the last
+        latest = {line["step"]: line for line in steps}
         for step in sorted(latest):
             line = latest[step]
             run.loss.append((line["epoch"], line["loss"]))
@@ -67,7 +74,10 @@ def read_run(run_dir: str | Path) -> RunCurves:
         # one split's scores at the top of "val".
         splits = val.get("splits", {"": val} if "scores" in val else {})
         for split, report in splits.items():
-            values = {**report.get("scores", {}), **({"CHAIRs": report["chair"]["CHAIRs"]} if "chair" in report else {})}
+            values = {
+                **report.get("scores", {}),
+                **({"CHAIRs": report["chair"]["CHAIRs"]} if "chair" in report else {}),
+            }
             for name, value in values.items():
                 key = f"{name}{SPLIT_SEPARATOR}{split}" if len(splits) > 1 else name
                 run.scores.setdefault(key, []).append((record["epoch"], value))
@@ -75,8 +85,12 @@ def read_run(run_dir: str | Path) -> RunCurves:
 
 
 def metric_keys(runs: list[RunCurves], metric: str) -> list[str]:
-    """The score keys of ``metric`` across runs: the metric itself and its per-split keys, in first-seen order."""
-    keys = [key for run in runs for key in run.scores if key == metric or key.startswith(metric + SPLIT_SEPARATOR)]
+    """The score keys of ``metric`` across runs: the metric itself and its per-split keys, in first-seen
+    order."""
+    keys = [
+        key for run in runs for key in run.scores
+        if key == metric or key.startswith(metric + SPLIT_SEPARATOR)
+    ]
     return list(dict.fromkeys(keys))
 
 

@@ -1,4 +1,5 @@
-"""Training objectives: cross-entropy with the attention regulariser, and the self-critical policy gradient."""
+"""Training objectives: cross-entropy with the attention regulariser, and the self-critical policy
+gradient."""
 
 from __future__ import annotations
 

@@ -100,4 +100,6 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read {what} {path}: {err}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+        raise ValueError(
+            f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        ) from None

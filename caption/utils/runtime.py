@@ -25,7 +25,8 @@ _MARKER = "CAPTION_MALLOC_TUNED"
 
 
 def reexec_with_malloc_tuning() -> None:
-    """Restart this Python process once with the glibc settings above (Linux only; opt out: CAPTION_MALLOC_TUNED=0)."""
+    """Restart this Python process once with the glibc settings above (Linux only; opt out:
+    CAPTION_MALLOC_TUNED=0)."""
     if platform.system() != "Linux" or os.environ.get(_MARKER) is not None or not sys.argv or not sys.argv[0]:
         return
     if platform.libc_ver()[0] != "glibc":

@@ -478,23 +478,66 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config.validate()
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """The mapping of ``path`` merged over those of its ``base:`` files (recursively), and the files read,
+    ``path`` first. ``chain``: the files that led here, so that a cycle is an error, not endless recursion."""
+    chain = (*chain, path)
+    values = _read_mapping(path)
+    if "base" not in values:
+        return values, chain
+    written = values.pop("base")
+    if not isinstance(written, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {written!r}")
+    try:
+        base = Path(expand_env(written))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: base: {err}") from None
+    # Relative to the file that names it, so a config loads the same from any working directory.
+    if not base.is_absolute():
+        base = path.parent / base
+    if any(base.resolve() == seen.resolve() for seen in chain):
+        raise ConfigError(f"config files inherit in a cycle: {' -> '.join(map(str, (*chain, base)))}")
+    if not base.is_file():
+        raise ConfigError(f"{path}: base {written!r} not found (looked for {base})")
+    base_values, files = _resolve_bases(base, chain)
+    return _deep_merge(base_values, values), files
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config, apply ``key=value`` overrides, and validate the result."""
+    """Load a YAML config (merged over its ``base:`` chain), apply ``key=value`` overrides, and validate."""
     config = Config()
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        loaded, files = _resolve_bases(path)
+        # A bad key may come from any file of the chain, so an error names them all, the given one first.
+        where = str(path) if len(files) == 1 else f"{path} (with its bases {', '.join(map(str, files[1:]))})"
         try:
             apply_values(config, _fix_yaml_floats(loaded))
         except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+            raise ConfigError(f"{where}: {err}") from None
     if overrides:
         apply_values(config, _fix_yaml_floats(parse_overrides(overrides)))
     return config.validate()

@@ -1,6 +1,8 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from caption.config import ConfigError, load_config
 
@@ -17,7 +19,8 @@ def test_every_shipped_config_loads_and_validates():
 
 def test_overrides_are_typed_and_nested():
     config = load_config(REPO / "configs" / "flickr8k_lite0.yaml",
-                         ["train.lr=1e-3", "train.epochs=3", "val.metrics=[BLEU,CIDEr]", "encoder.grid_size=5"])
+                         ["train.lr=1e-3", "train.epochs=3", "val.metrics=[BLEU,CIDEr]",
+                          "encoder.grid_size=5"])
     assert config.train.lr == pytest.approx(1e-3)
     assert config.train.epochs == 3
     assert config.val.metrics == ["BLEU", "CIDEr"]
@@ -49,7 +52,8 @@ def test_optional_fields_take_null_or_their_type():
     ("scst.samples=1", "'scst.samples' must be at least 2 with scst.baseline=mean"),
     ("scst.temperature=0", "'scst.temperature' must be positive"),
     ("scst.max_length=0", "'scst.max_length' must be at least 1"),
-    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, degenerate_penalty, eos_in_reward"),
+    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, "
+                      "degenerate_penalty, eos_in_reward"),
     ("val.length_penalty=-1", "'val.length_penalty' must be 0 or more"),
 ])
 def test_bad_values_name_the_field(override, message):
@@ -77,3 +81,121 @@ def test_a_config_file_that_is_not_a_mapping_is_rejected(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_base_chain_resolves_relative_to_each_file(tmp_path, monkeypatch):
+    _write(tmp_path / "root.yaml", "data:\n  train_annotations: t.json\n  max_caption_length: 30\n"
+                                    "train:\n  epochs: 7\n  lr: 1e-3\n  batch_size: 8\n")
+    _write(tmp_path / "mid" / "mid.yaml", "base: ../root.yaml\ntrain:\n  epochs: 3\n")
+    monkeypatch.setenv("MID_DIR", "../mid")
+    leaf = _write(tmp_path / "leaf" / "leaf.yaml", "base: ${MID_DIR}/mid.yaml\ndata:\n  min_word_count: 2\n")
+    monkeypatch.chdir(tmp_path / "leaf")  # relative to the naming file, not to the working directory
+    config = load_config(leaf, ["train.batch_size=4"])
+    assert (config.train.epochs, config.train.lr, config.train.batch_size) == (3, pytest.approx(1e-3), 4)
+    assert (config.data.train_annotations, config.data.max_caption_length, config.data.min_word_count) == \
+        ("t.json", 30, 2)
+    assert "base" not in yaml.safe_load(config.to_yaml())
+
+
+def test_a_child_merges_sections_key_by_key_and_replaces_lists(tmp_path):
+    _write(tmp_path / "base.yaml", "data:\n  train_annotations: t.json\n"
+                                    "train:\n  epochs: 7\n  warmup_steps: 10\n  seed: 3\n"
+                                    "val:\n  metrics: [BLEU, METEOR, CIDEr]\n")
+    child = _write(tmp_path / "child.yaml",
+                   "base: base.yaml\ntrain:\n  warmup_steps: 0\nval:\n  metrics: [CIDEr]\n")
+    config = load_config(child)
+    assert (config.train.epochs, config.train.warmup_steps, config.train.seed) == (7, 0, 3)
+    assert config.val.metrics == ["CIDEr"]
+
+
+def test_a_cycle_of_bases_is_an_error_naming_the_chain(tmp_path):
+    a = _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle") as err:
+        load_config(a)
+    assert f"{a} -> {tmp_path / 'b.yaml'} -> {a}" in str(err.value)
+
+
+def test_a_missing_base_names_the_child_and_the_base(tmp_path):
+    child = _write(tmp_path / "child.yaml", "base: sub/nothere.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    looked_for = tmp_path / "sub" / "nothere.yaml"
+    assert str(err.value) == f"{child}: base 'sub/nothere.yaml' not found (looked for {looked_for})"
+
+
+@pytest.mark.parametrize("base", ["[a.yaml, b.yaml]", "3", "null", "{file: a.yaml}"])
+def test_a_base_that_is_not_a_string_is_an_error_naming_the_file(tmp_path, base):
+    child = _write(tmp_path / "child.yaml", f"base: {base}\n")
+    with pytest.raises(ConfigError, match="'base' must be the path of another config file") as err:
+        load_config(child)
+    assert str(err.value).startswith(f"{child}: ")
+
+
+def test_an_error_in_a_child_names_the_child_file(tmp_path):
+    _write(tmp_path / "base.yaml", "data:\n  train_annotations: t.json\n")
+    child = _write(tmp_path / "child.yaml", "base: base.yaml\ntrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="unknown config field 'train.epochz'") as err:
+        load_config(child)
+    assert str(err.value).startswith(f"{child} (with its bases {tmp_path / 'base.yaml'}): ")
+
+
+def _flattened(path: Path) -> dict:
+    """The YAML of ``path`` with its bases merged in by hand: what the file would say written out in full."""
+    values = yaml.safe_load(path.read_text())
+    if "base" not in values:
+        return values
+
+    def merge(base: dict, child: dict) -> dict:
+        merged = dict(base)
+        for key, value in child.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            merged[key] = merge(base[key], value) if both else value
+        return merged
+
+    return merge(_flattened(path.parent / values.pop("base")), values)
+
+
+# Each shipped config that inherits, its base, and the sections in which it differs from that base: SCST and
+# fine-tuning configs keep the model (data, encoder or decoder) of the run they start from.
+INHERITING = {
+    "flickr8k_lite0_updown.yaml": ("flickr8k_lite0.yaml", {"decoder", "train"}),
+    "flickr8k_lite0_scst.yaml": ("flickr8k_lite0.yaml", {"train", "val"}),
+    "flickr8k_lite2.yaml": ("flickr8k_lite0.yaml", {"encoder", "train"}),
+    "flickr8k_lite2_finetune.yaml": ("flickr8k_lite2.yaml", {"encoder", "train"}),
+    "flickr8k_lite2_scst.yaml": ("flickr8k_lite2.yaml", {"train", "val"}),
+    "everyday_lite2_coco_heavy.yaml": ("everyday_lite2.yaml", {"data", "train"}),
+    "everyday_lite2_finetune.yaml": ("everyday_lite2.yaml", {"encoder", "train"}),
+    "everyday_lite2_scst.yaml": ("everyday_lite2.yaml", {"train", "scst"}),
+    "coco_karpathy_scst.yaml": ("coco_karpathy.yaml", {"train"}),
+}
+
+
+def test_shipped_configs_with_a_base_resolve_as_their_flattened_copies(tmp_path):
+    configs = REPO / "configs"
+    using_base = {p.name for p in configs.glob("*.yaml") if "base" in yaml.safe_load(p.read_text())}
+    assert using_base == set(INHERITING)
+    for name, (base, differing) in INHERITING.items():
+        flat = _write(tmp_path / name, yaml.safe_dump(_flattened(configs / name)))
+        child, parent = load_config(configs / name), load_config(configs / base)
+        assert child == load_config(flat), name
+        sections = {f.name for f in dataclasses.fields(child)
+                    if getattr(child, f.name) != getattr(parent, f.name)}
+        assert sections == differing, name
+
+
+def test_the_updown_config_is_the_lite0_recipe_with_another_decoder():
+    lite0 = load_config(REPO / "configs" / "flickr8k_lite0.yaml")
+    updown = load_config(REPO / "configs" / "flickr8k_lite0_updown.yaml")
+    assert dataclasses.replace(updown.decoder, type="sat") == lite0.decoder
+    assert updown.decoder.type == "updown"
+    assert dataclasses.replace(updown.train, output_dir=lite0.train.output_dir, epochs=lite0.train.epochs,
+                               save_every_steps=lite0.train.save_every_steps) == lite0.train
+    assert (updown.train.output_dir, updown.train.epochs, updown.train.save_every_steps) == \
+        ("runs/flickr8k_lite0_updown", 12, 100)

@@ -6,6 +6,7 @@
 """
 
 from caption.api import Captioner, CaptionResult
+from caption.config import DecodingConfig
 
-__all__ = ["Captioner", "CaptionResult"]
+__all__ = ["Captioner", "CaptionResult", "DecodingConfig"]
 __version__ = "0.1.0"

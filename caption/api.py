@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from caption.data.images import ImageInput, describe
 from caption.data.video import MAX_VIDEO_SECONDS, Frames, detect_scenes, is_video, read_frames
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import Hypothesis
-from caption.decoding.generate import Generator
+from caption.decoding.predictor import Predictor
 from caption.errors import ErrorKind, ImageLoadError, VideoLoadError
 from caption.features.batching import iter_image_batches
 from caption.models import DEFAULT_MODEL
@@ -43,7 +43,8 @@ class CaptionResult:
     beams: list[dict[str, Any]] = field(default_factory=list)  # every beam: {"text", "score"}, best first
     error: str | None = None
     error_kind: str | None = None  # why, as a ``caption.errors.ErrorKind`` value
-    times: list[float] = field(default_factory=list)  # videos: the sampled frames' times (s); N = frames x cells
+    # videos: the sampled frames' times (s); N = frames x cells
+    times: list[float] = field(default_factory=list)
     segment: tuple[float, float] | None = None  # a video scene's (start, end) in seconds
 
     @property
@@ -59,17 +60,20 @@ class CaptionResult:
             raise ImageLoadError(self.source, self.error, self.error_kind or ErrorKind.CORRUPT)
 
     def to_dict(self, attention: bool = False) -> dict[str, Any]:
+        """The result as JSON: what ``caption predict --format json``, both batch engines and the web demo
+        write. ``attention`` adds the words, their attention maps (rows: words) and the grid they cover."""
         data: dict[str, Any] = {"source": self.source}
         if self.error is not None:
             data.update(error=self.error, error_kind=self.error_kind)
             return data
-        data.update(caption=self.text, score=self.score, beams=self.beams)
+        data.update(caption=self.text, score=round(self.score, 4), beams=self.beams)
         if self.segment is not None:
             data.update(start=self.segment[0], end=self.segment[1])
         if self.times:
             data["frame_times"] = self.times
         if attention and self.attention is not None:
-            data["attention"] = np.round(self.attention, 4).tolist()
+            data["words"] = self.words
+            data["attention"] = np.round(self.attention, 4).tolist()  # (words, N) over a rows x cols grid
             data["grid"] = list(self.grid)
         return data
 
@@ -100,25 +104,33 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 class Captioner:
     """A loaded model ready to caption images; see ``caption()``."""
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, device: str | torch.device = "auto", meta: dict | None = None):
+    def __init__(
+        self,
+        model: CaptionModel,
+        vocab: Vocabulary,
+        device: str | torch.device = "auto",
+        meta: dict | None = None,
+    ):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.meta = meta or {}
-        self.generator = Generator(self.model, vocab, self.device)
-        self.transform = self.generator.transform
+        self.predictor = Predictor(self.model, vocab, self.device)
+        self.transform = self.predictor.transform
         cfg = model.encoder_cfg
         self.grid = (cfg.grid_size, cfg.grid_size)
         self.path: Path | None = None  # the model directory, when loaded from one
-        # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length normalisation.
+        # Decoding defaults: the model's own (config.json "decoding"), else beam 3 and plain length
+        # normalisation.
         self.decoding = DecodingConfig(**{"max_length": vocab.max_length, **self.meta.get("decoding", {})})
-        self.num_frames = self.generator.frames_per_video
+        self.num_frames = self.predictor.frames_per_video
 
-    def resolve_decoding(self, beam_size=None, max_length=None, length_penalty=None,
-                         limits: DecodingLimits | None = None) -> DecodingConfig:
-        """The decoding settings to use: the arguments given, the model's defaults for the rest. A value out of
-        range (or beyond ``limits``) raises ``ParameterError`` naming it."""
-        return decoding_settings(self.decoding, beam_size, max_length, length_penalty, limits)
+    def resolve_decoding(self, values: Mapping[str, Any] | None = None, /, *,
+                         limits: DecodingLimits | None = None, **settings: Any) -> DecodingConfig:
+        """The decoding settings to use: those given (as a mapping or as keywords: ``beam_size=5``), the
+        model's defaults for the rest. A value out of range (or beyond ``limits``) raises ``ParameterError``
+        naming it; a name that is no decoding setting, ``TypeError``."""
+        return decoding_settings(self.decoding, {**(values or {}), **settings}, limits)
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> Captioner:
@@ -130,19 +142,19 @@ class Captioner:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S), already normalised, to features (B, N, C) in fp32."""
-        return self.generator.encode(images)
+        return self.predictor.encode(images)
 
-    def caption_memory(
+    def caption_features(
         self,
-        memory: torch.Tensor,
+        features: torch.Tensor,
         mask: torch.Tensor | None = None,
         *,
         sources: Sequence[str] | None = None,
         decoding: DecodingConfig | None = None,
     ) -> list[CaptionResult]:
-        """Caption precomputed features (B, N, C): all items and all beams in one batched search
+        """Caption precomputed encoder features (B, N, C): all items and all beams in one batched search
         (``decoding``: see ``resolve_decoding``; None: the model's defaults)."""
-        hypotheses = self.generator.hypotheses(memory, mask, decoding or self.decoding)
+        hypotheses = self.predictor.hypotheses(features, mask, decoding or self.decoding)
         sources = sources or [f"item {i}" for i in range(len(hypotheses))]
         return [self._result(source, beams) for source, beams in zip(sources, hypotheses)]
 
@@ -185,7 +197,8 @@ class Captioner:
         for start, end in spans:
             frames = read_frames(path, sampling["num_frames"] or self.num_frames, sampling["every_seconds"],
                                  start=start, end=end, max_seconds=max_seconds)
-            [result] = self.caption_memory(self.encode_frames(frames), sources=[str(path)], decoding=decoding)
+            features = self.encode_frames(frames)  # (1, F*N, C)
+            [result] = self.caption_features(features, sources=[str(path)], decoding=decoding)
             result.times = frames.times
             if scenes:
                 result.segment = (start, end)
@@ -230,8 +243,8 @@ class Captioner:
             return CaptionResult.failed(err)
         except Exception as err:  # noqa: BLE001 - an unforeseen failure on one file must not stop the others
             logger.exception("captioning the video %s failed", item)
-            return CaptionResult.failed(VideoLoadError(str(item), f"captioning it failed ({type(err).__name__}: "
-                                                                  f"{err})", ErrorKind.SERVER))
+            return CaptionResult.failed(VideoLoadError(
+                str(item), f"captioning it failed ({type(err).__name__}: {err})", ErrorKind.SERVER))
 
     def _iter_image_captions(self, images: Sequence[ImageInput], decoding: DecodingConfig, batch_size: int,
                              num_workers: int | None) -> Iterator[list[CaptionResult]]:
@@ -242,36 +255,39 @@ class Captioner:
         for indices, tensors, errors in batches:
             results: dict[int, CaptionResult] = {i: CaptionResult.failed(err) for i, err in errors.items()}
             if tensors is not None:
-                memory = self.encode(tensors)  # (B, N, C)
+                features = self.encode(tensors)  # (B, N, C)
                 sources = [describe(images[i]) for i in indices]
-                results.update(zip(indices, self.caption_memory(memory, sources=sources, decoding=decoding)))
+                results.update(zip(indices, self.caption_features(features, sources=sources,
+                                                                  decoding=decoding)))
             yield [results[i] for i in sorted(results)]
 
     def caption(
         self,
         inputs: ImageInput | Sequence[ImageInput],
         *,
-        beam_size: int | None = None,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
+        decoding: DecodingConfig | None = None,
         batch_size: int = 16,
         num_workers: int | None = None,
         num_frames: int | None = None,
         every_seconds: float | None = None,
         skip_errors: bool = False,
+        **settings: Any,
     ) -> CaptionResult | list[CaptionResult]:
         """Caption one input or a list of them (file paths, PIL images or numpy arrays; video files are
         captioned from sampled frames, see ``caption_video``).
 
-        One input gives one ``CaptionResult``; a list gives a list in the same order. An unreadable
-        input raises ``ImageLoadError`` naming it, unless ``skip_errors`` is set: then its result has
-        ``error`` set and every other input is still captioned. Bad settings raise ``ParameterError``.
+        Decoding: ``decoding`` (default: the model's), with any of its public settings given as keywords
+        (``beam_size=5, length_penalty=0.75``: see ``DecodingConfig``). One input gives one
+        ``CaptionResult``; a list gives a list in the same order. An unreadable input raises
+        ``ImageLoadError`` naming it, unless ``skip_errors`` is set: then its result has ``error`` set and
+        every other input is still captioned. Bad settings raise ``ParameterError``.
         """
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
+        chosen = decoding_settings(decoding or self.decoding, settings)
         results = list(self.iter_captions(
-            items, decoding=self.resolve_decoding(beam_size, max_length, length_penalty),
-            batch_size=batch_size, num_workers=num_workers, num_frames=num_frames, every_seconds=every_seconds,
+            items, decoding=chosen, batch_size=batch_size, num_workers=num_workers, num_frames=num_frames,
+            every_seconds=every_seconds,
         ))
         if not skip_errors:
             for result in results:

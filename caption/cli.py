@@ -1,4 +1,5 @@
-"""The ``caption`` command: prepare data, train, predict, caption in batch, evaluate, export models, plot runs."""
+"""The ``caption`` command: prepare data, train, predict, caption in batch, evaluate, export models,
+plot runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from caption.config import DecodingConfig
 from caption.evaluation.metrics import METRIC_NAMES
 from caption.models import DEFAULT_MODEL
 from caption.utils.logging import logger, setup_logging
@@ -30,15 +32,17 @@ def _prepare(args: argparse.Namespace) -> int:
         mapping = Path(args.mapping) if args.mapping else root / "youtube_video_to_id_mapping.txt"
         sentences = sorted(root.glob("sents_*.txt")) if root.is_dir() else []
         if not sentences or not mapping.is_file():
-            raise FileNotFoundError(f"{root}: give the folder with youtube_video_to_id_mapping.txt and sents_<split>_"
-                                    "lc_nopunc.txt, or the 'MSR Video Description Corpus.csv' file")
+            raise FileNotFoundError(f"{root}: give the folder with youtube_video_to_id_mapping.txt and "
+                                    "sents_<split>_lc_nopunc.txt, or the 'MSR Video Description Corpus.csv' "
+                                    "file")
         convert_msvd(args.out, mapping_file=mapping, sentence_files=sentences, video_dir=args.videos)
         return 0
     if args.source == "msrvtt":
         root = Path(args.input)
         infos = sorted(root.glob("*videodatainfo*.json")) if root.is_dir() else [root]
         if not infos:
-            raise FileNotFoundError(f"{root}: no train_val_videodatainfo.json / test_videodatainfo.json there")
+            raise FileNotFoundError(f"{root}: no train_val_videodatainfo.json / "
+                                    "test_videodatainfo.json there")
         convert_msrvtt(infos, args.out)
         return 0
     if args.source == "flickr8k":
@@ -71,13 +75,12 @@ def _predict(args: argparse.Namespace) -> int:
     from caption.api import Captioner
 
     captioner = Captioner.load(args.model, device=args.device)
-    decoding = captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty)
+    decoding = captioner.resolve_decoding(_decoding_values(args))
     if args.format in ("vtt", "srt") or args.scenes:
         return _predict_scenes(captioner, args, decoding)
-    results = captioner.caption(list(args.images), batch_size=args.batch_size, num_workers=args.workers,
-                                num_frames=args.frames, every_seconds=args.every, skip_errors=True,
-                                beam_size=decoding.beam_size, max_length=decoding.max_length,
-                                length_penalty=decoding.length_penalty)
+    results = captioner.caption(list(args.images), decoding=decoding, batch_size=args.batch_size,
+                                num_workers=args.workers, num_frames=args.frames, every_seconds=args.every,
+                                skip_errors=True)
     failed = [r for r in results if not r.ok]
     if args.format == "json":
         print(json.dumps([r.to_dict(attention=args.attention) for r in results], indent=2))
@@ -131,16 +134,16 @@ def _batch(args: argparse.Namespace) -> int:
 
         summary = caption_files_ray(
             str(resolve_model(args.model).resolve()), found.files, args.out, fmt=args.format,
-            annotations=args.annotations, beam_size=args.beam_size, max_length=args.max_length,
-            length_penalty=args.length_penalty, address=args.address, actors=args.actors,
-            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, block_size=args.block_size,
-            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+            annotations=args.annotations, decoding=_decoding_values(args), address=args.address,
+            actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+            block_size=args.block_size, batch_size=args.batch_size, num_workers=args.workers,
+            progress=not args.no_progress)
     else:
         captioner = Captioner.load(args.model, device=args.device)
         summary = caption_files(
             captioner, found.files, args.out, fmt=args.format, annotations=args.annotations,
             batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
-            decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty))
+            decoding=_decoding_values(args))
     print(summary.report(found), end="", file=sys.stderr)
     print(f"wrote {summary.output}", file=sys.stderr)
     return EXIT_SOME_FAILED if summary.failed or summary.failed_before else EXIT_OK
@@ -155,11 +158,13 @@ def _evaluate_splits(args: argparse.Namespace) -> list:
     if args.config:
         splits += load_config(args.config).data.val_sets()
         if not splits:
-            raise ConfigError(f"{args.config}: no validation split (data.val or data.val_annotations) to evaluate")
+            raise ConfigError(f"{args.config}: no validation split (data.val or data.val_annotations) "
+                              "to evaluate")
     splits += [DataSetConfig(annotations, images, 1.0, name) for name, annotations, images in args.split]
     names = [split.name for split in splits]
     if len(set(names)) < len(names):
-        raise ConfigError(f"caption evaluate: two splits are named alike ({', '.join(names)}): name each differently")
+        raise ConfigError(f"caption evaluate: two splits are named alike ({', '.join(names)}): "
+                          "name each differently")
     return splits
 
 
@@ -170,9 +175,11 @@ def _print_report(report: dict, title: str = "") -> None:
         print(f"{name:8s} {value:.4f}")
     chair = report["chair"]
     print(f"CHAIRs   {chair['CHAIRs']:.4f}  (captions naming a COCO object no reference names)")
-    print(f"CHAIRi   {chair['CHAIRi']:.4f}  ({chair['hallucinated_mentions']} of {chair['object_mentions']} object mentions)")
+    print(f"CHAIRi   {chair['CHAIRi']:.4f}  ({chair['hallucinated_mentions']} of "
+          f"{chair['object_mentions']} object mentions)")
     print(f"distinct captions {report['distinct_captions']} of {report['images_scored']}, "
-          f"{report['distinct_words']} distinct words, degenerate {report['degenerate_share']:.1%} (a repeated word pair or a dangling last word)")
+          f"{report['distinct_words']} distinct words, degenerate {report['degenerate_share']:.1%} "
+          "(a repeated word pair or a dangling last word)")
     for reason in report["skipped"].values():
         print(reason)
 
@@ -184,12 +191,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     splits = _evaluate_splits(args)
     if splits:
         if args.annotations or args.results or args.images:
-            raise SystemExit("caption evaluate: give the splits either with --config/--split, or with --annotations")
+            raise SystemExit("caption evaluate: give the splits either with --config/--split, "
+                             "or with --annotations")
         captioner = Captioner.load(args.model, device=args.device)
         summary = evaluate_splits(
-            splits, args.out, generator=captioner.generator, metrics=args.metrics, batch_size=args.batch_size,
+            splits, args.out, predictor=captioner.predictor, metrics=args.metrics, batch_size=args.batch_size,
             num_workers=args.workers, max_images=args.max_images,
-            decoding=captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
+            decoding=captioner.resolve_decoding(_decoding_values(args)),
         )
         for name, report in summary["splits"].items():
             _print_report(report, name)
@@ -198,14 +206,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'metrics.json'}")
         return 0
     if not args.annotations:
-        raise SystemExit("caption evaluate: give --annotations (with --images or --results), --split or --config")
+        raise SystemExit("caption evaluate: give --annotations (with --images or --results), "
+                         "--split or --config")
     if (args.results is None) == (args.images is None):
         raise SystemExit("caption evaluate: give either --results FILE, or --images DIR (with --model)")
     captioner = Captioner.load(args.model, device=args.device) if args.images else None
     report = evaluate(
-        args.annotations, args.out, generator=captioner and captioner.generator, images=args.images,
+        args.annotations, args.out, predictor=captioner and captioner.predictor, images=args.images,
         results_file=args.results, metrics=args.metrics, batch_size=args.batch_size, num_workers=args.workers,
-        decoding=captioner and captioner.resolve_decoding(args.beam_size, args.max_length, args.length_penalty),
+        decoding=captioner and captioner.resolve_decoding(_decoding_values(args)),
         max_images=args.max_images,
     )
     _print_report(report)
@@ -218,14 +227,16 @@ def _export(args: argparse.Namespace) -> int:
 
     from caption.api import resolve_model
     from caption.models.io import load_model, save_model
+    from caption.settings import decoding_settings
 
     source = resolve_model(args.source)
     model, vocab, meta = load_model(source)
-    extra = {k: v for k, v in meta.items() if k not in ("format", "encoder", "decoder", "vocab_size", "feature_dim",
-                                                          "encoder_weights_included")}
-    chosen = {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
-    if any(v is not None for v in chosen.values()):
-        extra["decoding"] = {**extra.get("decoding", {}), **{k: v for k, v in chosen.items() if v is not None}}
+    extra = {k: v for k, v in meta.items() if k not in ("format", "encoder", "decoder", "vocab_size",
+                                                          "feature_dim", "encoder_weights_included")}
+    chosen = {k: v for k, v in _decoding_values(args).items() if v is not None}
+    if chosen:
+        decoding_settings(DecodingConfig(), chosen)  # refuses a bad value before anything is written
+        extra["decoding"] = {**extra.get("decoding", {}), **chosen}
     save_model(model, vocab, args.out, dtype=torch.float16 if args.fp16 else None, extra=extra)
     print(f"exported {source} -> {args.out}")
     return 0
@@ -240,19 +251,36 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decoding_arguments(parser: argparse.ArgumentParser, default_note: str) -> None:
+    """An option per public decoding setting (``--beam-size`` for ``DecodingConfig.beam_size``), unset (None)
+    unless given; ``default_note`` ends each help text (``{default}``: the setting's own default)."""
+    for f in DecodingConfig.public_fields():
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type in ("int", int) else float,
+                            help=f"{f.metadata['help']} {default_note.format(default=f.default)}")
+
+
+def _decoding_values(args: argparse.Namespace) -> dict[str, int | float | None]:
+    """The public decoding settings as the command line gave them (None: not given)."""
+    return {f.name: getattr(args, f.name) for f in DecodingConfig.public_fields()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prepare = commands.add_parser("prepare", help="convert a data set to COCO caption JSON, one file per split")
+    prepare = commands.add_parser("prepare",
+                                  help="convert a data set to COCO caption JSON, one file per split")
     prepare.add_argument("source", choices=["flickr8k", "karpathy", "msvd", "msrvtt"])
-    prepare.add_argument("input", help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json; "
-                                       "msvd: the folder with the mapping and sents_* files, or the corpus CSV; "
-                                       "msrvtt: the folder with *videodatainfo.json, or one such file")
-    prepare.add_argument("--mapping", help="msvd: youtube_video_to_id_mapping.txt (default: in the input folder)")
+    prepare.add_argument("input",
+                         help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json; "
+                              "msvd: the folder with the mapping and sents_* files, or the corpus CSV; "
+                              "msrvtt: the folder with *videodatainfo.json, or one such file")
+    prepare.add_argument("--mapping",
+                         help="msvd: youtube_video_to_id_mapping.txt (default: in the input folder)")
     prepare.add_argument("--videos", help="msvd: the clips folder, to name each clip's actual file")
     prepare.add_argument("--out", required=True, help="folder for captions_<split>.json")
-    prepare.add_argument("--keep-restval", action="store_true", help="karpathy: keep COCO's restval split apart")
+    prepare.add_argument("--keep-restval", action="store_true",
+                         help="karpathy: keep COCO's restval split apart")
     prepare.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
@@ -262,11 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     def decoding_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=DEFAULT_MODEL, help="model directory, training run, or shipped name")
-        p.add_argument("--beam-size", type=int, help="beams per image (default: the model's, else 3)")
-        p.add_argument("--max-length", type=int, help="most words in a caption (default: the model's)")
-        p.add_argument("--length-penalty", type=float,
-                       help="rank beams by log-prob / length ** this (default: the model's, else 1.0)")
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help="model directory, training run, or shipped name")
+        _decoding_arguments(p, "(default: the model's, else {default})")
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--workers", type=int,
                        help="image-decoding worker processes (default: 2 on a GPU, 0 on a CPU)")
@@ -279,17 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vtt, srt: subtitles for one video, a cue per scene")
     predict.add_argument("--scenes", action="store_true", help="one video: a caption per scene")
     predict.add_argument("--frames", type=int, help="videos: frames to sample (default: the model's, 8)")
-    predict.add_argument("--every", type=float, metavar="SECONDS", help="videos: one frame every SECONDS instead")
+    predict.add_argument("--every", type=float, metavar="SECONDS",
+                         help="videos: one frame every SECONDS instead")
     predict.add_argument("--attention", action="store_true", help="json: include the attention maps")
     predict.set_defaults(run=_predict)
 
     batch = commands.add_parser(
         "batch", help="caption many files into JSONL, CSV or COCO results JSON (resumable)",
-        description="Caption folders (recursively), globs, files and file lists. Re-running with the same --out "
-                    "skips what it already holds; unreadable files are reported in it, never fatal.")
-    batch.add_argument("inputs", nargs="*", help="image and video files, folders, or globs such as 'photos/**/*.jpg'")
+        description="Caption folders (recursively), globs, files and file lists. Re-running with the same "
+                    "--out skips what it already holds; unreadable files are reported in it, never fatal.")
+    batch.add_argument("inputs", nargs="*",
+                       help="image and video files, folders, or globs such as 'photos/**/*.jpg'")
     batch.add_argument("--file-list", action="append", default=[], metavar="FILE",
-                       help="one path per line, or a .csv/.parquet listing with a 'path' column (may be repeated)")
+                       help="one path per line, or a .csv/.parquet listing with a 'path' column "
+                            "(may be repeated)")
     batch.add_argument("--out", required=True, help="results file: .jsonl, .csv or .json (COCO results)")
     batch.add_argument("--format", choices=["jsonl", "csv", "coco"], help="default: from the --out extension")
     batch.add_argument("--annotations", help="coco: take image ids from this COCO caption JSON")
@@ -299,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", help="ray: the cluster, 'auto' or HOST:PORT (default: start a local one)")
     batch.add_argument("--actors", type=int, default=1, help="ray: captioning actors, one model each")
     batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs per actor (0: on CPUs)")
-    batch.add_argument("--cpus-per-actor", type=float, default=1.0, help="ray: CPUs per actor (its torch threads)")
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0,
+                       help="ray: CPUs per actor (its torch threads)")
     batch.add_argument("--block-size", type=int, default=256,
                        help="ray: files per block, the unit of work, retry and resume")
     decoding_options(batch)
@@ -308,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="COCO caption metrics for a model or a results file")
     evaluate.add_argument("--annotations", help="COCO caption JSON with the references")
     evaluate.add_argument("--images", help="image folder: caption it with --model")
-    evaluate.add_argument("--split", nargs=3, action="append", default=[], metavar=("NAME", "ANNOTATIONS", "IMAGES"),
-                          help="a split to caption and score on its own (may be repeated; --out NAME/ holds each)")
+    evaluate.add_argument("--split", nargs=3, action="append", default=[],
+                          metavar=("NAME", "ANNOTATIONS", "IMAGES"),
+                          help="a split to caption and score on its own (may be repeated; --out NAME/ "
+                               "holds each)")
     evaluate.add_argument("--config", help="a training config: caption and score each of its data.val splits")
     evaluate.add_argument("--results", help="a COCO results JSON to score instead")
     evaluate.add_argument("--out", default="eval", help="folder for results.json and metrics.json")
@@ -322,15 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", help="training run or model directory")
     export.add_argument("out")
     export.add_argument("--fp16", action="store_true", help="store weights in half precision")
-    export.add_argument("--beam-size", type=int, help="record this beam size as the model's decoding default")
-    export.add_argument("--length-penalty", type=float, help="record this length penalty as the model's default")
+    _decoding_arguments(export, "(recorded as the model's default)")
     export.set_defaults(run=_export)
 
-    plot = commands.add_parser("plot", help="training curves of one or more runs, overlaid, as a PNG (matplotlib)")
+    plot = commands.add_parser("plot",
+                               help="training curves of one or more runs, overlaid, as a PNG (matplotlib)")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="training run directories (train.output_dir)")
     plot.add_argument("--out", default="curves.png", help="image file (.png, .svg or .pdf)")
     plot.add_argument("--metrics", nargs="+", default=["CIDEr", "Bleu_4"],
-                      help="dev scores to draw per epoch (names as in log.jsonl: CIDEr, Bleu_4, METEOR, ROUGE_L)")
+                      help="dev scores to draw per epoch (names as in log.jsonl: CIDEr, Bleu_4, METEOR, "
+                           "ROUGE_L)")
     plot.set_defaults(run=_plot)
     return parser
 

@@ -11,9 +11,10 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -53,7 +54,8 @@ class EncoderConfig:
     # Input normalisation; empty means "what the weights were trained with".
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
-    # BatchNorm epsilon; 0 keeps the model's default (the Lite packages' weights need 1e-3, set automatically).
+    # BatchNorm epsilon; 0 keeps the model's default (the Lite packages' weights need 1e-3, set
+    # automatically).
     bn_eps: float = 0.0
 
     def validate(self) -> None:
@@ -116,7 +118,8 @@ class DataSetConfig:
     name: str = ""
 
     def validate(self, key: str) -> None:
-        _require(bool(self.annotations), f"{key}.annotations", "is empty: name a COCO caption JSON (caption prepare makes one)")
+        _require(bool(self.annotations), f"{key}.annotations",
+                 "is empty: name a COCO caption JSON (caption prepare makes one)")
         _require(self.weight >= 0, f"{key}.weight", "must be 0 or more")
 
 
@@ -163,7 +166,8 @@ class DataConfig:
             _require(sum(item.weight for item in self.train) > 0, "data.train", "weights must not all be 0")
         else:
             _require(bool(self.train_annotations), "data.train_annotations",
-                     "is empty: name a COCO caption JSON (caption prepare makes one), or give data.train as a list")
+                     "is empty: name a COCO caption JSON (caption prepare makes one), or give data.train "
+                     "as a list")
         for i, item in enumerate(self.val):
             item.validate(f"data.val[{i}]")
         for key, sets in (("data.train", self.train), ("data.val", self.val)):
@@ -199,7 +203,8 @@ class TrainConfig:
     # Weight of the doubly stochastic attention regulariser (lambda in Show, Attend and Tell).
     attention_reg: float = 1.0
     precision: str = "auto"
-    # Image-decoding worker processes; null: 2 on a GPU, 0 on a CPU (where they only take cores from the model).
+    # Image-decoding worker processes; null: 2 on a GPU, 0 on a CPU (where they only take cores from the
+    # model).
     num_workers: int | None = None
     seed: int = 0
     cache_features: bool = True
@@ -210,7 +215,8 @@ class TrainConfig:
     log_every_steps: int = 10
     # Stop after this many optimizer steps in total (0: run every epoch); used by short smoke runs.
     max_steps: int = 0
-    # "xent": cross-entropy on the reference captions; "scst": self-critical sequence training (see ScstConfig).
+    # "xent": cross-entropy on the reference captions; "scst": self-critical sequence training (see
+    # ScstConfig).
     objective: str = "xent"
     # Start from this model directory or training run (its best checkpoint), e.g. a cross-entropy model for
     # SCST; its vocabulary is kept. Empty: start from scratch.
@@ -237,17 +243,21 @@ class TrainConfig:
         _require(bool(self.output_dir), "train.output_dir", "must name a directory")
 
 
+def _decoding_defaults(**values: Any) -> Callable[[], DecodingConfig]:
+    return lambda: DecodingConfig(**values)
+
+
 @dataclass
 class ScstConfig:
     """Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward."""
 
-    # Captions sampled per image.
-    samples: int = 5
+    # How captions are sampled: ``samples`` per image, at most ``max_length`` words, softmax(logits /
+    # ``temperature``); a greedy baseline decodes with beam size 1 and the same ``max_length``.
+    decoding: DecodingConfig = field(
+        default_factory=_decoding_defaults(beam_size=1, max_length=16, samples=5))
     # "mean": each sample's baseline is the mean reward of the image's other samples (Luo 2020, "a better
     # variant of the self-critical baseline"); "greedy": the reward of the greedy caption (Rennie et al.).
     baseline: str = "mean"
-    max_length: int = 16
-    temperature: float = 1.0
     # Count the end of the caption as a word in CIDEr-D's n-grams (references end there too), so a caption
     # that stops on a dangling "a" or "with" matches fewer n-grams than one that ends properly.
     eos_in_reward: bool = True
@@ -260,41 +270,70 @@ class ScstConfig:
     # shares with the references ("a dog sitting on a bench"), so a model may keep guessing; 0 turns it off.
     hallucination_penalty: float = 0.0
 
+    # Keys of configs written before ``scst.decoding``, still read: ``scst.samples`` is
+    # scst.decoding.samples.
+    ALIASES: ClassVar[dict[str, str]] = {"samples": "decoding", "max_length": "decoding",
+                                         "temperature": "decoding"}
+
     def validate(self) -> None:
-        _require(self.samples >= 1, "scst.samples", "must be at least 1")
+        self.decoding.validate("scst.decoding")
         _choice(self.baseline, "scst.baseline", ("mean", "greedy"))
-        _require(self.samples >= 2 or self.baseline != "mean", "scst.samples",
+        _require(self.decoding.samples >= 2 or self.baseline != "mean", "scst.decoding.samples",
                  "must be at least 2 with scst.baseline=mean (the baseline is the mean of the other samples)")
-        _require(self.max_length >= 1, "scst.max_length", "must be at least 1")
-        _require(self.temperature > 0, "scst.temperature", "must be positive")
         _require(self.degenerate_penalty >= 0, "scst.degenerate_penalty", "must be 0 (off) or more")
         _require(self.hallucination_penalty >= 0, "scst.hallucination_penalty", "must be 0 (off) or more")
 
-    @property
-    def decoding(self) -> DecodingConfig:
-        return DecodingConfig(beam_size=1, max_length=self.max_length, samples=self.samples,
-                              temperature=self.temperature)
+
+def _setting(default: Any, minimum: float, help: str, *, exclusive: bool = False, public: bool = True,
+             label: str = "", slider: tuple[float, float | None, float] | None = None) -> Any:
+    """A decoding setting: its default, the least value allowed (``exclusive``: values must exceed it), what
+    it does (the command line's help), whether callers of a model choose it (``public``: the API, the
+    command line, the web page and batch jobs take it; the others are training's), how messages and the
+    page name it (default: the field's name in words), and the page's slider (low, high or None for the
+    server's limit, step)."""
+    return field(default=default, metadata={"minimum": minimum, "exclusive": exclusive, "help": help,
+                                            "public": public, "label": label, "slider": slider})
 
 
-@dataclass
+def setting_label(f: dataclasses.Field) -> str:
+    """How messages and the web page name a decoding setting ("beam size")."""
+    return f.metadata["label"] or f.name.replace("_", " ")
+
+
+@dataclass(frozen=True)
 class DecodingConfig:
-    """How captions are written: beam search (``beam_size`` 1 is greedy) or sampling."""
+    """How captions are written: beam search (``beam_size`` 1 is greedy) or sampling.
 
-    beam_size: int = 3
+    One frozen object from the config, the command line, the API, the web page or a batch job to the
+    search itself; ``caption.settings.decoding_settings`` builds one from untrusted values. A new setting
+    is a field here (with ``_setting``) and the code that reads it: every surface finds it in the fields.
+    """
+
+    beam_size: int = _setting(3, 1, "beams kept per item (1: greedy)", slider=(1, None, 1))
     # Words per caption at most; a caption still open then is ended.
-    max_length: int = 20
+    max_length: int = _setting(20, 1, "most words in a caption", label="maximum length", slider=(5, 40, 1))
     # Beams are ranked by log-probability / length ** length_penalty (0: no normalisation).
-    length_penalty: float = 1.0
-    # Sampling: captions drawn per item, from softmax(logits / temperature).
-    samples: int = 1
-    temperature: float = 1.0
+    length_penalty: float = _setting(1.0, 0, "rank beams by log-probability / length ** this",
+                                     slider=(0, 2, 0.05))
+    # Sampling (SCST): captions drawn per item, from softmax(logits / temperature).
+    samples: int = _setting(1, 1, "captions sampled per item", public=False)
+    temperature: float = _setting(1.0, 0, "sampling temperature", exclusive=True, public=False)
+
+    @classmethod
+    def public_fields(cls) -> list[dataclasses.Field]:
+        """The settings a caller of a model chooses, in declaration order."""
+        return [f for f in dataclasses.fields(cls) if f.metadata["public"]]
 
     def validate(self, prefix: str = "decoding") -> DecodingConfig:
-        _require(self.beam_size >= 1, f"{prefix}.beam_size", "must be at least 1")
-        _require(self.max_length >= 1, f"{prefix}.max_length", "must be at least 1")
-        _require(self.length_penalty >= 0, f"{prefix}.length_penalty", "must be 0 or more")
-        _require(self.samples >= 1, f"{prefix}.samples", "must be at least 1")
-        _require(self.temperature > 0, f"{prefix}.temperature", "must be positive")
+        for f in dataclasses.fields(self):
+            value, minimum = getattr(self, f.name), f.metadata["minimum"]
+            if f.metadata["exclusive"]:
+                _require(value > minimum, f"{prefix}.{f.name}", "must be positive" if minimum == 0
+                         else f"must be more than {minimum}")
+            else:
+                _require(value >= minimum, f"{prefix}.{f.name}", f"must be at least {minimum}"
+                         if f.type in ("int", int) else "must be 0 or more" if minimum == 0
+                         else f"must be {minimum} or more")
         return self
 
 
@@ -302,9 +341,7 @@ class DecodingConfig:
 class ValConfig:
     # Validate (and keep the best checkpoint by ``select_metric``) every this many epochs; 0 turns it off.
     every_epochs: int = 1
-    beam_size: int = 3
-    max_length: int = 20
-    length_penalty: float = 1.0
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     # Images per batch whenever images are encoded (the feature cache) or captioned (validation).
     batch_size: int = 64
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
@@ -312,13 +349,14 @@ class ValConfig:
     # of the splits' scores weighted by their data.val weights.
     select_metric: str = "CIDEr"
 
-    @property
-    def decoding(self) -> DecodingConfig:
-        return DecodingConfig(self.beam_size, self.max_length, self.length_penalty)
+    # Keys of configs written before ``val.decoding``, still read: ``val.beam_size`` is
+    # val.decoding.beam_size.
+    ALIASES: ClassVar[dict[str, str]] = {"beam_size": "decoding", "max_length": "decoding",
+                                         "length_penalty": "decoding"}
 
     def validate(self) -> None:
         _require(self.every_epochs >= 0, "val.every_epochs", "must be 0 (off) or more")
-        self.decoding.validate("val")
+        self.decoding.validate("val.decoding")
         _require(self.batch_size >= 1, "val.batch_size", "must be at least 1")
         for name in self.metrics:
             _choice(name, "val.metrics", METRIC_NAMES)
@@ -338,8 +376,8 @@ class Config:
         for section in dataclasses.fields(self):
             getattr(self, section.name).validate()
         _require(self.decoder.temporal_positions in (0, self.data.num_frames), "decoder.temporal_positions",
-                 f"is {self.decoder.temporal_positions} but data.num_frames is {self.data.num_frames}: a video model "
-                 "has one temporal position per sampled frame (or 0 for none)")
+                 f"is {self.decoder.temporal_positions} but data.num_frames is {self.data.num_frames}: "
+                 "a video model has one temporal position per sampled frame (or 0 for none)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -417,29 +455,41 @@ def _section(value: Any, section_type: type, key: str) -> Any:
     if isinstance(value, section_type):
         return value
     if not isinstance(value, dict):
-        raise ConfigError(f"config field '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(section_type))}, "
-                          f"got {value!r}")
+        raise ConfigError(f"config field '{key}' must be a mapping of "
+                          f"{', '.join(f.name for f in dataclasses.fields(section_type))}, got {value!r}")
     section = section_type()
     apply_values(section, value, prefix=f"{key}.")
     return section
 
 
-def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> Any:
     """Set the fields of a config dataclass (sections recursively) from a nested dict, checking every key and
-    type; ``prefix`` is how error messages name ``target`` (e.g. ``"encoder."``)."""
+    type; ``prefix`` is how error messages name ``target`` (e.g. ``"encoder."``). A frozen dataclass (as
+    ``DecodingConfig``) is not changed: the updated copy is returned (``target`` itself otherwise). A key in
+    the class's ``ALIASES`` (a field of an earlier layout) goes to the section it names."""
     hints = typing.get_type_hints(type(target))
     names = {f.name for f in dataclasses.fields(target)}
+    aliases: dict[str, str] = getattr(target, "ALIASES", {})
+    updates: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config field '{dotted}'; valid fields here: {', '.join(sorted(names))}")
-        current = getattr(target, key)
+        if key not in names and key in aliases:
+            key, value, dotted = aliases[key], {key: value}, f"{prefix}{aliases[key]}"
+        elif key not in names:
+            raise ConfigError(f"unknown config field '{dotted}'; "
+                              f"valid fields here: {', '.join(sorted(names))}")
+        current = updates.get(key, getattr(target, key))
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section '{dotted}' must be a mapping, got {value!r}")
-            apply_values(current, value, prefix=f"{dotted}.")
+            updates[key] = apply_values(current, value, prefix=f"{dotted}.")
         else:
-            setattr(target, key, _coerce(value, hints[key], dotted))
+            updates[key] = _coerce(value, hints[key], dotted)
+    if type(target).__dataclass_params__.frozen:
+        return dataclasses.replace(target, **updates)
+    for key, value in updates.items():
+        setattr(target, key, value)
+    return target
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-from caption.config import DecodingConfig
+from caption.config import DecodingConfig, setting_label
 from caption.errors import ParameterError
 
-
-@dataclass(frozen=True)
-class DecodingLimits:
-    """Upper bounds a server puts on what a request may ask for (None: no bound)."""
-
-    max_beam_size: int | None = None
-    max_length: int | None = None
+# Upper bounds a server puts on what a request may ask for, by setting (e.g. {"beam_size": 10}); a setting
+# not named has no bound.
+DecodingLimits = Mapping[str, float]
 
 
 def _number(name: str, value: Any, allowed: str) -> float:
@@ -37,36 +33,54 @@ def _number(name: str, value: Any, allowed: str) -> float:
     return float(value)
 
 
-def whole_number(name: str, value: Any, default: int | None, low: int = 1, high: int | None = None) -> int | None:
+def whole_number(
+    name: str, value: Any, default: int | None, low: int = 1, high: int | None = None
+) -> int | None:
     """``value`` as an int in ``low..high``; ``default`` when it is None."""
     if value is None:
         return default
-    allowed = f"choose a whole number from {low} to {high}" if high is not None else f"choose a whole number, {low} or more"
+    allowed = (f"choose a whole number from {low} to {high}" if high is not None
+               else f"choose a whole number, {low} or more")
     number = _number(name, value, allowed)
     if number != int(number) or number < low or (high is not None and number > high):
         raise ParameterError(name, value, allowed)
     return int(number)
 
 
-def non_negative(name: str, value: Any, default: float) -> float:
-    if value is None:
-        return default
-    number = _number(name, value, "choose a number, 0 or more")
-    if number < 0:
-        raise ParameterError(name, value, "choose a number, 0 or more")
+def bounded_number(name: str, value: Any, low: float, high: float | None = None,
+                   exclusive: bool = False) -> float:
+    """``value`` as a float from ``low`` (above it, if ``exclusive``) to ``high``."""
+    above = "above" if exclusive else "from" if high is not None else ""
+    allowed = (f"choose a number {above} {low:g}" + (f" to {high:g}" if high is not None else "") if above
+               else f"choose a number, {low:g} or more")
+    number = _number(name, value, allowed)
+    if number < low or (exclusive and number == low) or (high is not None and number > high):
+        raise ParameterError(name, value, allowed)
     return number
 
 
-def decoding_settings(defaults: DecodingConfig, beam_size: Any = None, max_length: Any = None,
-                      length_penalty: Any = None, limits: DecodingLimits | None = None) -> DecodingConfig:
-    """``defaults`` with the values given (None: keep the default), each checked."""
-    limits = limits or DecodingLimits()
-    return dataclasses.replace(
-        defaults,
-        beam_size=whole_number("beam size", beam_size, defaults.beam_size, 1, limits.max_beam_size),
-        max_length=whole_number("maximum length", max_length, defaults.max_length, 1, limits.max_length),
-        length_penalty=non_negative("length penalty", length_penalty, defaults.length_penalty),
-    )
+def decoding_settings(defaults: DecodingConfig, values: Mapping[str, Any] | None = None,
+                      limits: DecodingLimits | None = None) -> DecodingConfig:
+    """``defaults`` with the public settings given in ``values`` (a value None keeps the default), each
+    checked against its field's type and minimum (``DecodingConfig``) and ``limits``. A name that is no
+    public setting is a ``TypeError`` (a caller's mistake, not a request's)."""
+    fields = {f.name: f for f in DecodingConfig.public_fields()}
+    unknown = sorted(set(values or {}) - set(fields))
+    if unknown:
+        raise TypeError(f"unknown decoding setting(s) {', '.join(unknown)}: choose from {', '.join(fields)}")
+    limits = limits or {}
+    chosen = {}
+    for name, value in (values or {}).items():
+        if value is None:
+            continue
+        f = fields[name]
+        label = setting_label(f)
+        minimum, high = f.metadata["minimum"], limits.get(name)
+        if f.type in ("int", int):
+            chosen[name] = whole_number(label, value, None, int(minimum), None if high is None else int(high))
+        else:
+            chosen[name] = bounded_number(label, value, minimum, high, exclusive=f.metadata["exclusive"])
+    return dataclasses.replace(defaults, **chosen)
 
 
 MAX_FRAMES = 256  # frames sampled from one video: the decoder attends over frames x cells at once

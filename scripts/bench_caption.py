@@ -60,8 +60,8 @@ def run_case(case: str, model: str, count: int, device: torch.device, workers: i
                 "peak_mb": peak_memory_mb(device)}
     if kind == "files":
         def read_and_encode():
-            for _, images, _ in iter_image_batches(paths, captioner.transform, device=device, batch_size=batch,
-                                                   num_workers=workers):
+            for _, images, _ in iter_image_batches(paths, captioner.transform, device=device,
+                                                   batch_size=batch, num_workers=workers):
                 captioner.encode(images)
 
         captioner.encode(captioner.transform.load(paths[0]).unsqueeze(0))  # warm-up
@@ -72,28 +72,31 @@ def run_case(case: str, model: str, count: int, device: torch.device, workers: i
         photos = sorted(str(p) for p in (DATA / "flickr8k" / "photos_fullres").glob("*.jpg"))
         captioner.caption(photos[0], num_workers=0)  # warm-up
         times = [timed(lambda p=p: captioner.caption(p, num_workers=0), device) for p in photos]
-        return {"case": "one full-size photo, beam 3 (median)", "batch": 1, "ms": 1000 * sorted(times)[len(times) // 2],
-                "peak_mb": peak_memory_mb(device)}
+        return {"case": "one full-size photo, beam 3 (median)", "batch": 1,
+                "ms": 1000 * sorted(times)[len(times) // 2], "peak_mb": peak_memory_mb(device)}
     workers = 0 if kind == "single" else workers
     beam = 1 if kind == "greedy" else 3
     list(captioner.iter_captions(paths[:batch], batch_size=batch, num_workers=0))  # warm-up
-    decoding = captioner.resolve_decoding(beam)
-    seconds = timed(lambda: list(captioner.iter_captions(paths, decoding=decoding, batch_size=batch, num_workers=workers)),
+    decoding = captioner.resolve_decoding(beam_size=beam)
+    seconds = timed(lambda: list(captioner.iter_captions(paths, decoding=decoding, batch_size=batch,
+                                                         num_workers=workers)),
                     device)
     label = "baseline: one image at a time" if kind == "single" else f"end to end, batch {batch}"
-    return {"case": f"{label}, {'greedy' if beam == 1 else 'beam 3'}", "batch": batch, "images_per_s": count / seconds,
-            "peak_mb": peak_memory_mb(device)}
+    return {"case": f"{label}, {'greedy' if beam == 1 else 'beam 3'}", "batch": batch,
+            "images_per_s": count / seconds, "peak_mb": peak_memory_mb(device)}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(dict.fromkeys([DEFAULT_MODEL, PREVIOUS_DEFAULT])),
                         help="shipped names or model directories; ratios are against the last one")
     parser.add_argument("--model", help=argparse.SUPPRESS)  # set when run_isolated runs one case
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--workers", type=int,
-                        help="image-decoding worker processes end to end (default: the library's, 2 on a GPU, 0 on a CPU)")
+                        help="image-decoding worker processes end to end (default: the library's, 2 on a "
+                             "GPU, 0 on a CPU)")
     args, device = parse_bench_args(parser)
     if args.case:
         print(json.dumps(run_case(args.case, args.model, args.images, device, args.workers)))
@@ -131,15 +134,17 @@ def main() -> int:
     speeds = {(row["model"], row["case"]): row["images_per_s"] for row in rows}
     for row in rows:
         row["vs_last"] = f"{row['images_per_s'] / speeds[(last, row['case'])]:.2f}x"
-    columns = [("model", "model"), ("case", "case"), ("images/s", "images_per_s"), ("/ encoder only", "of_encoder"),
-               ("/ files -> encoder", "of_files"), ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")]
+    columns = [("model", "model"), ("case", "case"), ("images/s", "images_per_s"),
+               ("/ encoder only", "of_encoder"), ("/ files -> encoder", "of_files"),
+               ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")]
     columns += [(f"vs {last}", "vs_last")] if len(args.models) > 1 else []
     print_table(
         f"Captioning throughput on {device} ({machine()}), {args.images} Flickr8k dev images; "
         f"reference = the tutorial's {REFERENCE_IMAGES_PER_S} images/s from ANCHORS.md",
         rows, [*columns, ("peak memory MB", "peak_mb")],
     )
-    print(f"\nOne full-size photo, model loaded, beam 3, median of {len(list((DATA / 'flickr8k' / 'photos_fullres').glob('*.jpg')))} "
+    print(f"\nOne full-size photo, model loaded, beam 3, median of "
+          f"{len(list((DATA / 'flickr8k' / 'photos_fullres').glob('*.jpg')))} "
           f"photos (reference {REFERENCE_PHOTO_MS:.0f} ms):")
     for model, ms in latencies.items():
         print(f"  {model}: {ms:.0f} ms ({REFERENCE_PHOTO_MS / ms:.1f}x faster than the reference"

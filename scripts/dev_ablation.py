@@ -32,12 +32,14 @@ from caption.utils.io import read_json  # noqa: E402
 
 DEFAULT_SPLITS = [
     ("flickr8k", "data/flickr8k/captions_dev.json", str(DATA / "flickr8k" / "images")),
-    ("coco", str(DATA / "coco" / "annotations" / "captions_val2017_subset_dev.json"), str(DATA / "coco" / "val2017")),
+    ("coco", str(DATA / "coco" / "annotations" / "captions_val2017_subset_dev.json"),
+     str(DATA / "coco" / "val2017")),
 ]
 
 
 def half_annotations(annotations: Path, half: str, directory: Path) -> Path:
-    """A COCO caption file with the first (A) or second (B) half of the images of ``annotations``, in file order."""
+    """A COCO caption file with the first (A) or second (B) half of the images of ``annotations``, in file
+    order."""
     data = read_json(annotations, "COCO caption file")
     middle = len(data["images"]) // 2
     images = data["images"][:middle] if half == "A" else data["images"][middle:]
@@ -77,11 +79,14 @@ def photo_latency_ms(captioner: Captioner) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rows", nargs="+", metavar="LABEL=MODEL", help="a label and a model directory, run or name")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="+", metavar="LABEL=MODEL",
+                        help="a label and a model directory, run or name")
     parser.add_argument("--split", nargs=3, action="append", metavar=("NAME", "ANNOTATIONS", "IMAGES"),
                         help="a dev split (may be repeated; default: Flickr8k dev and the COCO dev subset)")
-    parser.add_argument("--half", choices=["A", "B"], help="score only the first (A) or second (B) half of each split")
+    parser.add_argument("--half", choices=["A", "B"],
+                        help="score only the first (A) or second (B) half of each split")
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--length-penalty", type=float, nargs="+", default=[1.0])
     parser.add_argument("--no-latency", action="store_true", help="skip the one-photo latency")
@@ -96,7 +101,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.half:
-            splits = [(name, half_annotations(file, args.half, Path(tmp)), images) for name, file, images in splits]
+            splits = [(name, half_annotations(file, args.half, Path(tmp)), images)
+                      for name, file, images in splits]
         for item in args.rows:
             label, sep, source = item.partition("=")
             if not sep:
@@ -104,16 +110,21 @@ def main() -> int:
             captioner = Captioner.load(source)
             latency = None if args.no_latency else photo_latency_ms(captioner)
             for penalty in args.length_penalty:
-                decoding = captioner.resolve_decoding(args.beam_size, None, penalty)
+                decoding = captioner.resolve_decoding(beam_size=args.beam_size, length_penalty=penalty)
                 row = {"label": label, "model": str(resolve_model(source)), "length_penalty": penalty,
-                       "half": args.half or "all", "latency_ms": latency, "train_min": training_minutes(source)}
+                       "half": args.half or "all", "latency_ms": latency,
+                       "train_min": training_minutes(source)}
                 for name, file, images in splits:
-                    out = Path(args.out) / f"{label.replace(' ', '_')}-lp{penalty}{'-' + args.half if args.half else ''}" / name
-                    report = evaluate(file, out, generator=captioner.generator, decoding=decoding,
+                    out = (Path(args.out)
+                           / f"{label.replace(' ', '_')}-lp{penalty}{'-' + args.half if args.half else ''}"
+                           / name)
+                    report = evaluate(file, out, predictor=captioner.predictor, decoding=decoding,
                                       images=images, metrics=["BLEU", "METEOR", "ROUGE_L", "CIDEr"])
                     row[name] = {**{k: round(v, 4) for k, v in report["scores"].items()},
-                                 "CHAIRs": round(report["chair"]["CHAIRs"], 4), "CHAIRi": round(report["chair"]["CHAIRi"], 4),
-                                 "images": report["images_scored"], "distinct_captions": report["distinct_captions"],
+                                 "CHAIRs": round(report["chair"]["CHAIRs"], 4),
+                                 "CHAIRi": round(report["chair"]["CHAIRi"], 4),
+                                 "images": report["images_scored"],
+                                 "distinct_captions": report["distinct_captions"],
                                  "distinct_words": report["distinct_words"],
                                  "degenerate": f"{report['degenerate_share']:.1%}"}
                 row["mean_CIDEr"] = round(statistics.mean(row[name]["CIDEr"] for name, _, _ in splits), 4)
@@ -132,8 +143,8 @@ def main() -> int:
             ("distinct", "distinct_captions"), ("words", "distinct_words"), ("degenerate", "degenerate"))]
     columns += [("latency ms", "latency_ms"), ("train min", "train_min")]
     sizes = ", ".join(f"{name} {flat[0][name]['images']}" for name, _, _ in splits)
-    print_table(f"dev splits{' half ' + args.half if args.half else ''} ({sizes} photos), beam {args.beam_size}; "
-                f"latency: one full-size photo, median, {machine()}", flat, columns)
+    print_table(f"dev splits{' half ' + args.half if args.half else ''} ({sizes} photos), "
+                f"beam {args.beam_size}; latency: one full-size photo, median, {machine()}", flat, columns)
     return 0
 
 

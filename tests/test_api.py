@@ -75,7 +75,8 @@ def test_a_corrupt_file_in_a_batch_is_named_and_the_others_are_captioned(caption
 
 def test_predict_command_prints_captions_and_names_bad_files(photos, tmp_path):
     bad = _bad_files(tmp_path, photos[3])
-    command = [sys.executable, "-m", "caption.cli", "predict", photos[0], str(bad[0]), photos[1], "--workers", "0"]
+    command = [sys.executable, "-m", "caption.cli", "predict", photos[0], str(bad[0]), photos[1],
+               "--workers", "0"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
@@ -115,9 +116,12 @@ def test_awkward_but_valid_images_are_read_upright_in_rgb(photos, tmp_path):
     assert load_image(alpha).getpixel((0, 0)) == (255, 255, 255)  # transparent shows as white
 
 
-def test_batched_beam_search_matches_per_image_on_the_shipped_model(captioner, flickr_splits, flickr_dir, tmp_path):
+def test_batched_beam_search_matches_per_image_on_the_shipped_model(
+    captioner, flickr_splits, flickr_dir, tmp_path
+):
     dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 6)
-    paths = [str(flickr_dir / "images" / image["file_name"]) for image in json.loads(dev.read_text())["images"]]
+    paths = [str(flickr_dir / "images" / image["file_name"])
+             for image in json.loads(dev.read_text())["images"]]
     memory = captioner.encode(torch.stack([captioner.transform.load(p) for p in paths]))  # (6, N, 1280)
     decoder, decoding, special = captioner.model.decoder, DecodingConfig(3, 20), captioner.vocab.special
     batched = beam_search(decoder, memory, None, decoding, special)
@@ -152,7 +156,7 @@ def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr
     from caption.evaluation.evaluate import evaluate
 
     dev = write_subset(flickr_splits["dev"], tmp_path / "dev.json", 100)
-    report = evaluate(dev, tmp_path / "eval", generator=captioner.generator, images=flickr_dir / "images",
+    report = evaluate(dev, tmp_path / "eval", predictor=captioner.predictor, images=flickr_dir / "images",
                       metrics=["BLEU", "CIDEr"], decoding=captioner.resolve_decoding(beam_size=3))
     assert report["images_scored"] == 100
     assert report["scores"]["Bleu_4"] > 0.15
@@ -168,8 +172,38 @@ def test_shipped_model_knows_everyday_scenes(captioner, tmp_path):
     from caption.evaluation.evaluate import evaluate
 
     dev = write_subset(require(COCO_DEV), tmp_path / "coco_dev.json", 100)
-    report = evaluate(dev, tmp_path / "eval", generator=captioner.generator, images=DATA / "coco" / "val2017",
+    report = evaluate(dev, tmp_path / "eval", predictor=captioner.predictor, images=DATA / "coco" / "val2017",
                       metrics=["BLEU", "CIDEr"], decoding=captioner.resolve_decoding(beam_size=3))
     assert report["images_scored"] == 100
     assert report["scores"]["CIDEr"] > 0.5
     assert report["chair"]["CHAIRs"] < 0.32
+
+
+def test_decoding_settings_go_by_name_and_one_to_dict_serves_every_surface(captioner, photos):
+    """Any public DecodingConfig field is a keyword of caption(); the result's JSON is the same everywhere."""
+    by_name = captioner.caption(photos[0], beam_size=2, length_penalty=0.0)
+    decoding = DecodingConfig(beam_size=2, max_length=captioner.decoding.max_length, length_penalty=0.0)
+    given = captioner.caption(photos[0], decoding=decoding)
+    assert (by_name.text, by_name.score) == (given.text, given.score) and len(by_name.beams) == 2
+    with pytest.raises(TypeError, match="unknown decoding setting.*: choose from beam_size"):
+        captioner.caption(photos[0], beam=2)
+    record = by_name.to_dict()
+    assert set(record) == {"source", "caption", "score", "beams"}
+    assert record["score"] == round(by_name.score, 4)
+    full = by_name.to_dict(attention=True)
+    assert full["words"] == by_name.words and full["grid"] == list(captioner.grid)
+    assert np.array(full["attention"]).shape == (len(by_name.words), captioner.grid[0] * captioner.grid[1])
+    missing = captioner.caption([photos[0], "/no/such/photo.jpg"], skip_errors=True)[1].to_dict()
+    assert set(missing) == {"source", "error", "error_kind"} and missing["error_kind"] == "missing"
+
+
+def test_export_records_decoding_defaults_from_the_same_options_and_validator(tmp_path):
+    from caption.cli import main
+
+    out = tmp_path / "exported"
+    assert main(["export", "flickr8k-lite0", str(out), "--beam-size", "5", "--length-penalty", "0.5"]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["decoding"]["beam_size"] == 5 and meta["decoding"]["length_penalty"] == 0.5
+    assert Captioner.load(out).decoding.beam_size == 5
+    assert main(["export", "flickr8k-lite0", str(tmp_path / "refused"), "--beam-size", "0"]) == 2
+    assert not (tmp_path / "refused").exists()

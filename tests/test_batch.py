@@ -40,10 +40,12 @@ def test_a_mixed_folder_gives_a_caption_for_every_good_file_and_a_reason_for_eve
     (folder / "readme.txt").write_text("not an image by its extension: left out")
 
     out = tmp_path / "captions.jsonl"
-    assert main(["batch", str(folder), "--out", str(out), "--batch-size", "4", "--no-progress"]) == 1  # bad files
+    assert main(["batch", str(folder), "--out", str(out), "--batch-size", "4",
+                 "--no-progress"]) == 1  # bad files
     records = {Path(r["source"]).name: r for r in read_jsonl(out)}
     expected_good = {p.name for p in dev_photos[:3]} | set(good)
-    assert set(records) == expected_good | set(bad)  # every image-named file, recursively; readme.txt left out
+    # every image-named file, recursively; readme.txt left out
+    assert set(records) == expected_good | set(bad)
     for name in expected_good:
         assert records[name]["caption"] and records[name]["beams"][0]["text"] == records[name]["caption"]
     for name in bad:
@@ -61,8 +63,8 @@ def test_a_mixed_folder_gives_a_caption_for_every_good_file_and_a_reason_for_eve
     file_list = tmp_path / "list.txt"
     file_list.write_text(f"# photos\n{dev_photos[4]}\n\n{folder / 'notes.jpg'}\n")
     table = tmp_path / "captions.csv"
-    assert main(["batch", str(folder / "nested" / "*.jpg"), "--file-list", str(file_list), "--out", str(table),
-                 "--no-progress"]) == 1
+    assert main(["batch", str(folder / "nested" / "*.jpg"), "--file-list", str(file_list),
+                 "--out", str(table), "--no-progress"]) == 1
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == 5 and sum(bool(r["caption"]) for r in rows) == 4 and rows[-1]["error"]
     coco = tmp_path / "results.json"
@@ -86,6 +88,31 @@ def test_inputs_and_image_ids(tmp_path):
     assert coco_image_id("cat_1.jpg") == "cat_1"  # only COCO-style names give numbers
 
 
+def test_one_batch_job_checks_its_settings_up_front_and_writes_every_format_for_both_engines(tmp_path):
+    """BatchJob is what the local and the Ray engine share: the checks before any work, the output."""
+    from caption.errors import ParameterError
+    from caption.serving.batch import BatchJob
+
+    with pytest.raises(ParameterError, match="beam size 0 is not allowed"):
+        BatchJob.plan(["a.jpg"], tmp_path / "out.jsonl", decoding={"beam_size": 0})
+    with pytest.raises(ValueError, match="cannot tell the output format"):
+        BatchJob.plan(["a.jpg"], tmp_path / "out.txt")
+    files = ["x/000000000139.jpg", "x/000000000285.jpg"]
+    records = [{"source": files[0], "caption": "a cat", "score": -1.0, "beams": []},
+               {"source": files[1], "error": "damaged", "error_kind": "corrupt"},
+               {"source": "other/7.jpg", "caption": "a file of another job"}]
+    job = BatchJob.plan(files, tmp_path / "out.json", decoding={"beam_size": 2, "max_length": None})
+    assert (job.fmt, job.decoding) == ("coco", {"beam_size": 2})
+    assert job.image_ids == {files[0]: 139, files[1]: 285}
+    job.write_output(records)
+    assert json.loads((tmp_path / "out.json").read_text()) == [{"image_id": 139, "caption": "a cat"}]
+    BatchJob.plan(files, tmp_path / "out.jsonl").write_output(records)
+    assert read_jsonl(tmp_path / "out.jsonl") == records
+    BatchJob.plan(files, tmp_path / "out.csv").write_output(records)
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "source,caption,score,error" and rows[2] == f"{files[1]},,,damaged"
+
+
 def test_coco_results_refuse_files_that_would_share_an_image_id(dev_photos, tmp_path, caplog):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -94,7 +121,8 @@ def test_coco_results_refuse_files_that_would_share_an_image_id(dev_photos, tmp_
     out = tmp_path / "results.json"
     assert main(["batch", str(folder), "--out", str(out), "--no-progress"]) == 2  # refused before captioning
     assert not out.exists() and not out.with_name("results.json.progress.jsonl").exists()
-    assert "share an id" in caplog.text and f"{folder / '000001.png'} and {folder / '1.jpg'} are both image 1" in caplog.text
+    assert ("share an id" in caplog.text
+            and f"{folder / '000001.png'} and {folder / '1.jpg'} are both image 1" in caplog.text)
     (folder / "1.jpg").unlink()
     assert main(["batch", str(folder), "--out", str(out), "--no-progress"]) == 0
     assert sorted(map(str, (r["image_id"] for r in json.loads(out.read_text())))) == ["1", "cat_1", "dog_1"]

@@ -49,12 +49,15 @@ def test_optional_fields_take_null_or_their_type():
     ("decoder.type=transformer", "'decoder.type' is 'transformer'; choose one of: sat, updown"),
     ("train.objective=rl", "'train.objective' is 'rl'; choose one of: xent, scst"),
     ("scst.baseline=max", "'scst.baseline' is 'max'; choose one of: mean, greedy"),
-    ("scst.samples=1", "'scst.samples' must be at least 2 with scst.baseline=mean"),
-    ("scst.temperature=0", "'scst.temperature' must be positive"),
-    ("scst.max_length=0", "'scst.max_length' must be at least 1"),
-    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, "
-                      "degenerate_penalty, eos_in_reward"),
-    ("val.length_penalty=-1", "'val.length_penalty' must be 0 or more"),
+    ("scst.samples=1", "'scst.decoding.samples' must be at least 2 with scst.baseline=mean"),
+    ("scst.temperature=0", "'scst.decoding.temperature' must be positive"),
+    ("scst.decoding.max_length=0", "'scst.decoding.max_length' must be at least 1"),
+    ("scst.sample=5", "unknown config field 'scst.sample'; valid fields here: baseline, decoding, "
+                      "degenerate_penalty"),
+    ("val.length_penalty=-1", "'val.decoding.length_penalty' must be 0 or more"),
+    ("val.decoding.beam=2", "unknown config field 'val.decoding.beam'; valid fields here: beam_size, "
+                            "length_penalty"),
+    ("val.decoding=3", "config section 'val.decoding' must be a mapping"),
 ])
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError) as err:
@@ -199,3 +202,49 @@ def test_the_updown_config_is_the_lite0_recipe_with_another_decoder():
                                save_every_steps=lite0.train.save_every_steps) == lite0.train
     assert (updown.train.output_dir, updown.train.epochs, updown.train.save_every_steps) == \
         ("runs/flickr8k_lite0_updown", 12, 100)
+
+
+def test_decoding_settings_nest_under_val_and_scst_and_the_old_flat_keys_still_read(tmp_path):
+    """``val.decoding`` / ``scst.decoding`` are one DecodingConfig each; configs and runs written with the
+    flat keys (val.beam_size, scst.samples, ...) load to the same config."""
+    import dataclasses
+
+    from caption.config import DecodingConfig
+
+    base = REPO / "configs" / "flickr8k_lite0.yaml"
+    flat = load_config(base, ["val.beam_size=5", "val.max_length=12", "val.length_penalty=0.5",
+                              "scst.samples=3", "scst.max_length=10", "scst.temperature=0.7"])
+    nested = load_config(base, ["val.decoding.beam_size=5", "val.decoding.max_length=12",
+                                "val.decoding.length_penalty=0.5", "scst.decoding.samples=3",
+                                "scst.decoding.max_length=10", "scst.decoding.temperature=0.7"])
+    assert flat == nested
+    assert flat.val.decoding == DecodingConfig(beam_size=5, max_length=12, length_penalty=0.5)
+    assert flat.scst.decoding == DecodingConfig(beam_size=1, max_length=10, samples=3, temperature=0.7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flat.val.decoding.beam_size = 2
+    # What a run writes next to its outputs is the nested form, and it reads back as the same config.
+    written = tmp_path / "config.yaml"
+    written.write_text(flat.to_yaml())
+    assert "decoding:" in written.read_text() and load_config(written) == flat
+
+
+def test_one_validator_judges_decoding_values_from_every_surface():
+    """The API, the command line, the web page and batch jobs all go through decoding_settings."""
+    from caption.config import DecodingConfig
+    from caption.errors import ParameterError
+    from caption.settings import decoding_settings
+
+    defaults = DecodingConfig(beam_size=3, max_length=20, length_penalty=0.75)
+    chosen = decoding_settings(defaults, {"beam_size": "5", "max_length": 12.0, "length_penalty": None})
+    assert chosen == DecodingConfig(beam_size=5, max_length=12, length_penalty=0.75)
+    assert [f.name for f in DecodingConfig.public_fields()] == ["beam_size", "max_length", "length_penalty"]
+    for values, words in (({"beam_size": 11}, "beam size 11 is not allowed: "
+                                              "choose a whole number from 1 to 10"),
+                          ({"max_length": 0}, "maximum length 0 is not allowed"),
+                          ({"length_penalty": -0.5}, "length penalty -0.5 is not allowed: "
+                                                     "choose a number, 0 or more"),
+                          ({"length_penalty": "nan"}, "length penalty nan is not allowed")):
+        with pytest.raises(ParameterError, match=words):
+            decoding_settings(defaults, values, {"beam_size": 10})
+    with pytest.raises(TypeError, match="unknown decoding setting.*temperature"):
+        decoding_settings(defaults, {"temperature": 2.0})  # a training setting, not a caller's

@@ -10,6 +10,7 @@ from caption.config import DecoderConfig, DecodingConfig
 from caption.data.datasets import pad_captions
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import beam_search
+from caption.decoding.constraints import allowed_logits
 from caption.decoding.sample import sample, sampling_log_probs
 from caption.models.base import Decoder, DecoderBase
 from caption.models.captioner import build_decoder
@@ -49,12 +50,13 @@ def _decoder(kind: str, vocab_size: int, feature_dim: int, size: int, seed: int)
 
 
 def _teacher_forced_log_prob(decoder, memory, tokens):
-    """log p(tokens, <eos>) by teacher forcing, with the words beam search never emits excluded."""
+    """log p(tokens, <eos>) by teacher forcing, under the distribution decoding draws from: what a caption may
+    never say removed (the banned words, <eos> as the first word)."""
     caption = torch.tensor([[1, *tokens, 2]])  # <bos> words <eos>
     with torch.no_grad():
         logits, _ = decoder(memory, caption)  # (1, T, V)
-    logits[..., list(SPECIAL.banned)] = float("-inf")
-    return logits.log_softmax(-1).gather(2, caption[:, 1:, None]).sum().item()
+    log_probs = allowed_logits(logits, SPECIAL).log_softmax(-1)  # (1, T, V)
+    return log_probs.gather(2, caption[:, 1:, None]).sum().item()
 
 
 @pytest.fixture(scope="module", params=DECODERS)

@@ -19,7 +19,7 @@ from tests.conftest import DATA, REPO, batch_sizes, problem_files, require, runn
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
 
 from caption.api import Captioner  # noqa: E402
-from caption.serving.web import CaptionService, Limits  # noqa: E402
+from caption.serving.web import CaptionService, Limits, build_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -54,8 +54,11 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     results = caption_at_once(service, [(path, 3, 20) for path in paths])
 
     reference = captioner.caption(photos[0], beam_size=3, max_length=20)
-    assert results[0]["caption"] == reference.text and results[0]["score"] == pytest.approx(reference.score, abs=1e-3)
-    assert len(results[0]["beams"]) == 3 and np.array(results[0]["attention"]).shape == (len(results[0]["words"]), np.prod(results[0]["grid"]))
+    assert (results[0]["caption"] == reference.text
+            and results[0]["score"] == pytest.approx(reference.score, abs=1e-3))
+    assert (len(results[0]["beams"]) == 3
+            and np.array(results[0]["attention"]).shape == (len(results[0]["words"]),
+                                                            np.prod(results[0]["grid"])))
     for name, result in zip([*good, *bad, "huge.png", "big.bmp"], results[1:-1]):
         if name in good:
             assert result.get("caption"), f"{name}: {result}"
@@ -67,7 +70,8 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     assert results[-1] == {}  # a cleared upload: nothing to show, nothing to complain about
 
     status, caption, image, beams, heatmaps, frames = service.render(str(good["rotated.jpg"]), results[1 + 4])
-    assert status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3 and frames == []
+    assert (status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3
+            and frames == [])
     upright = np.asarray(Image.open(photos[0]).convert("RGB").resize(image.size), dtype=float)
     assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 20  # shown the right way up
     status, *_ = service.render(str(bad["truncated.jpg"]), results[1 + len(good) + 1])
@@ -78,11 +82,34 @@ def test_a_failing_forward_pass_fails_its_requests_with_a_reason_and_the_next_on
                                                                                       monkeypatch):
     service = CaptionService(captioner)
     with monkeypatch.context() as patch:
-        patch.setattr(captioner, "caption", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        patch.setattr(captioner, "caption",
+                      lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
         failed = caption_at_once(service, [(photos[0], 3, 20), (photos[1], 3, 20)])
     assert all("could not caption this file now (out of memory)" in r["error"] for r in failed), failed
     assert {r["error_kind"] for r in failed} == {"server"}
     assert service.caption(photos[0], 3, 20)["caption"]
+
+
+def test_every_decoding_setting_reaches_the_page_and_its_api_and_requests_are_grouped_by_them(captioner,
+                                                                                               photos):
+    """The /caption endpoint takes each public decoding setting, by position or by name (length penalty
+    too); requests of one batch with different settings are captioned each with its own."""
+    service = CaptionService(captioner)
+    app = build_app(service)
+    parameters = app.get_api_info()["named_endpoints"]["/caption"]["parameters"]
+    names = [p["parameter_name"] for p in parameters]
+    assert names == ["upload", "beam_size", "max_length", "length_penalty"]
+    assert [p["parameter_default"] for p in parameters[1:]] == [service.defaults.beam_size,
+                                                                 min(service.defaults.max_length, 40),
+                                                                 service.defaults.length_penalty]
+    requests = [(photos[0], 3, 20, 0.0), (photos[0], 3, 20, 2.0), (photos[1], 1, 20)]
+    answers = caption_at_once(service, requests)
+    for (photo, beam, length, *penalty), answer in zip(requests, answers):
+        expected = captioner.caption(photo, beam_size=beam, max_length=length,
+                                     length_penalty=penalty[0] if penalty else None)
+        assert answer["caption"] == expected.text and answer["source"] == Path(photo).name
+    refused = service.caption(photos[0], length_penalty=-1)
+    assert refused["error"].startswith("length penalty -1 is not allowed")
 
 
 def test_a_batch_that_fails_is_served_again_request_by_request():
@@ -129,7 +156,8 @@ def test_example_photos_include_everyday_coco_photos(flickr_dir):
     spec.loader.exec_module(app)
     examples = [Path(p) for p in app.example_photos()]
     assert [p.name for p in examples[:6]] == list(app.COCO_EXAMPLES)  # the first ones a user sees
-    assert any(p.parent.name == "photos_fullres" for p in examples) and any(p.suffix == ".avi" for p in examples)
+    assert (any(p.parent.name == "photos_fullres" for p in examples)
+            and any(p.suffix == ".avi" for p in examples))
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +194,17 @@ def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, 
 
 
 def chromium_or_skip() -> str:
-    pytest.importorskip("playwright.sync_api", reason="browser tests need playwright: pip install -e '.[dev]'")
+    pytest.importorskip("playwright.sync_api",
+                        reason="browser tests need playwright: pip install -e '.[dev]'")
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is missing (`make test` installs Debian's chromium with apt-get)")
+        pytest.skip(f"no browser: {CHROMIUM} is missing "
+                    "(`make test` installs Debian's chromium with apt-get)")
     return CHROMIUM
 
 
-def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_file_an_error(server, photos, tmp_path):
+def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_file_an_error(
+    server, photos, tmp_path
+):
     chromium = chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
@@ -193,7 +225,8 @@ def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_f
             assert len(words) >= 3
             heatmaps = page.locator("#attention img")
             expect(heatmaps).to_have_count(len(words), timeout=30_000)  # one heatmap per word
-            page.wait_for_function("[...document.querySelectorAll('#attention img')].every(i => i.naturalWidth > 0)")
+            page.wait_for_function("[...document.querySelectorAll('#attention img')]"
+                                   ".every(i => i.naturalWidth > 0)")
             expect(page.locator("#preview img")).to_be_visible()
             expect(page.locator("#beams")).to_contain_text(words[-1])
             page.screenshot(path=str(ARTIFACTS / "demo-caption.png"), full_page=True)
@@ -236,7 +269,8 @@ def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner
     service = CaptionService(captioner)
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(Path(photos[0]).read_bytes()[:5000])
-    requests = [(photos[i % len(photos)], 3, 20) for i in range(8)] + [(str(truncated), 3, 20), (photos[0], 0, 20)]
+    requests = ([(photos[i % len(photos)], 3, 20) for i in range(8)]
+                + [(str(truncated), 3, 20), (photos[0], 0, 20)])
     caption_at_once(service, requests)  # warm-up: lazy imports, caches
 
     def alive() -> dict[str, int]:
@@ -277,8 +311,8 @@ def test_an_upload_the_janitor_deleted_asks_to_be_uploaded_again(captioner, phot
         service.janitor.sweep()
         assert not upload.exists() and not upload.parent.exists() and uploads == set()
         again = service.caption(str(upload), 5, 20)  # the user tries another beam size much later
-        assert again == {"error": "photo.jpg: no longer on the server (uploads are deleted after 60 s unused): "
-                                  "upload it again", "error_kind": "missing"}
+        assert again == {"error": "photo.jpg: no longer on the server (uploads are deleted after 60 s "
+                                  "unused): upload it again", "error_kind": "missing"}
     finally:
         service.janitor.close()
 

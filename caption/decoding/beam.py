@@ -14,6 +14,7 @@ import torch
 
 from caption.config import DecodingConfig
 from caption.data.vocab import SpecialTokens
+from caption.decoding.constraints import allowed_logits
 from caption.models.base import Decoder, Parents
 
 
@@ -37,7 +38,7 @@ def beam_search(
 
     Hypotheses are ranked by log-probability divided by length ** ``length_penalty`` (0 turns length
     normalisation off). A caption has at most ``max_length`` words; a beam still open then is ended.
-    ``special.banned`` are never emitted.
+    What a caption may never say is removed (``allowed_logits``).
     """
     B, N, _ = features.shape
     K, max_length, length_penalty = decoding.beam_size, decoding.max_length, decoding.length_penalty
@@ -49,7 +50,8 @@ def beam_search(
     tokens = torch.full((B * K,), special.bos, dtype=torch.long, device=device)  # (B*K,)
     items = torch.arange(B, device=device)  # (B,)
     # The K beams of an item all start from its one initial state.
-    parents = Parents(rows=items, items=items, slots=torch.zeros_like(items), of_beam=items.repeat_interleave(K))
+    parents = Parents(rows=items, items=items, slots=torch.zeros_like(items),
+                      of_beam=items.repeat_interleave(K))
 
     # State of the b items still decoding; `items` (b,) names them. An item leaves the batch once all of
     # its beams have ended, and its final scores move to the (B, K) tensors below. The state stays as the
@@ -59,7 +61,6 @@ def beam_search(
     lengths = torch.zeros(B, K, device=device)  # (b, K) tokens emitted, <eos> included
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # (b, K)
     final_log_probs, final_lengths = log_probs.clone(), lengths.clone()  # (B, K) each
-    banned = torch.tensor(special.banned, dtype=torch.long, device=device)  # (n_banned,)
     # A finished beam can only "emit" <eos> again, at no cost, so it keeps its place and score.
     done_row = torch.full((V,), float("-inf"), device=device)  # (V,)
     done_row[eos_id] = 0.0
@@ -72,13 +73,11 @@ def beam_search(
     for t in range(max_length + 1):
         b = len(items)
         logits, state, alpha = decoder.beam_step(tokens, state, parents, memory)  # (b*K, V), ..., (b*K, N)
-        logits = logits.float().index_fill_(1, banned, float("-inf"))  # (b*K, V)
-        step = torch.log_softmax(logits, dim=-1).view(b, K, V)  # (b, K, V)
-        if t == 0:  # a caption has at least one word
-            step[..., eos_id] = float("-inf")
+        step = allowed_logits(logits.unsqueeze(1), special, t).log_softmax(dim=-1).view(b, K, V)  # (b, K, V)
         if t == max_length:  # out of words: every open beam must end here
             step = done_row.expand(b, K, V) + step[..., eos_id : eos_id + 1]
-        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (b, K, V); a mask index would sync on CUDA
+        # torch.where: a mask index would sync on CUDA
+        step = torch.where(finished.unsqueeze(-1), done_row, step)  # (b, K, V)
         candidates = step.add_(log_probs.unsqueeze(-1))  # (b, K, V)
         new_lengths = (lengths + (~finished).float()).unsqueeze(-1)  # (b, K, 1)
         ranked = candidates / new_lengths.clamp(min=1) ** length_penalty  # (b, K, V)
@@ -94,17 +93,18 @@ def beam_search(
         tokens = word.view(-1)  # (b*K,)
         back.append(parent)
         words.append(word)
-        alphas.append(alpha.index_select(0, rows).view(b, K, N).float())  # (b, K, N) where each new beam's word looked
+        # where each new beam's word looked
+        alphas.append(alpha.index_select(0, rows).view(b, K, N).float())  # (b, K, N)
         step_items.append(items)
 
-        decoding = ~finished.all(dim=1)  # (b,)
-        still = int(decoding.sum())  # a host-device sync, as is torch.unique below
+        going = ~finished.all(dim=1)  # (b,) items with a beam still open
+        still = int(going.sum())  # a host-device sync, as is torch.unique below
         if still < b:
-            done = (~decoding).nonzero().squeeze(1)  # (d,)
+            done = (~going).nonzero().squeeze(1)  # (d,)
             final_log_probs[items[done]], final_lengths[items[done]] = log_probs[done], lengths[done]
             if still == 0:
                 break
-            keep = decoding.nonzero().squeeze(1)  # (b',)
+            keep = going.nonzero().squeeze(1)  # (b',)
             keep_rows = (keep.unsqueeze(1) * K + beam_ids).view(-1)  # (b'*K,)
             items = items[keep]  # (b',)
             memory = memory.select(keep)  # (b', ...)

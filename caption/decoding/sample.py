@@ -14,6 +14,7 @@ import torch
 
 from caption.config import DecodingConfig
 from caption.data.vocab import SpecialTokens
+from caption.decoding.constraints import allowed_logits
 from caption.models.base import Decoder
 
 
@@ -21,7 +22,8 @@ from caption.models.base import Decoder
 class Samples:
     """``decoding.samples`` captions per item, item after item (rows i*K .. i*K + K-1 are item i's)."""
 
-    tokens: torch.Tensor  # (B*K, T) words then <eos>, then <pad>; no <bos>. A caption cut by max_length has no <eos>
+    # A caption cut by max_length has no <eos>.
+    tokens: torch.Tensor  # (B*K, T) words then <eos>, then <pad>; no <bos>
     lengths: torch.Tensor  # (B*K,) tokens emitted, <eos> included
     log_probs: torch.Tensor  # (B*K,) sum of the sampling distribution's log-probabilities of those tokens
     ended: torch.Tensor  # (B*K,) True where the caption chose to end (emitted <eos>) within max_length words
@@ -37,13 +39,9 @@ def sampling_log_probs(
     logits: torch.Tensor, decoding: DecodingConfig, special: SpecialTokens, first: int = 0
 ) -> torch.Tensor:
     """The distribution sampling draws from, as log-probabilities (R, T, V), from logits (R, T, V) of steps
-    ``first`` .. ``first`` + T - 1 (step 0 chooses the first word): banned words removed, no <eos> as the
-    first word, logits / temperature. The trainer re-scores samples with this too."""
-    logits = logits.float() / decoding.temperature  # (R, T, V)
-    logits[..., list(special.banned)] = float("-inf")
-    if first == 0:  # a caption has at least one word
-        logits[:, 0, special.eos] = float("-inf")
-    return logits.log_softmax(dim=-1)  # (R, T, V)
+    ``first`` .. ``first`` + T - 1 (step 0 chooses the first word): what a caption may never say removed
+    (``allowed_logits``), logits / temperature. The trainer re-scores samples with this too."""
+    return (allowed_logits(logits, special, first) / decoding.temperature).log_softmax(dim=-1)  # (R, T, V)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from caption.config import DataSetConfig, DecodingConfig
 from caption.data.coco import CaptionSet, load_coco_json, read_caption_set
 from caption.data.video import VideoTransform, is_video
-from caption.decoding.generate import Generator
+from caption.decoding.predictor import Predictor
 from caption.evaluation.chair import chair
 from caption.evaluation.degenerate import degenerate_share
 from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
@@ -23,7 +23,7 @@ from caption.utils.io import atomic_write_json, read_json
 
 
 def predict_split(
-    generator: Generator,
+    predictor: Predictor,
     captions: CaptionSet,
     decoding: DecodingConfig,
     *,
@@ -38,8 +38,8 @@ def predict_split(
     errors: dict[str, str] = {}
     bar = tqdm(total=len(captions), desc="captioning", unit="img", disable=not progress, dynamic_ncols=True)
 
-    def write(rows: list[int], memory: torch.Tensor) -> None:
-        for row, text in zip(rows, generator.captions(memory, None, decoding)):
+    def write(rows: list[int], batch: torch.Tensor) -> None:
+        for row, text in zip(rows, predictor.captions(batch, None, decoding)):
             predictions[captions.image_ids[row]] = text
         bar.update(len(rows))
 
@@ -48,20 +48,21 @@ def predict_split(
         errors.update(features.errors)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            write(chunk, torch.from_numpy(np.asarray(features.features[chunk], dtype=np.float32)))  # (B, N, C)
+            write(chunk,
+                  torch.from_numpy(np.asarray(features.features[chunk], dtype=np.float32)))  # (B, N, C)
         bar.update(len(captions) - len(rows))
     else:
         paths = [str(p) for p in captions.paths()]
-        transform = generator.transform
+        transform = predictor.transform
         if any(is_video(path) for path in paths):
-            transform = VideoTransform(transform, generator.frames_per_video)
-        batches = iter_image_batches(paths, transform, device=generator.device, batch_size=batch_size,
+            transform = VideoTransform(transform, predictor.frames_per_video)
+        batches = iter_image_batches(paths, transform, device=predictor.device, batch_size=batch_size,
                                      num_workers=num_workers)
         for indices, images, failed in batches:
             errors.update({paths[i]: err.reason for i, err in failed.items()})
             bar.update(len(failed))
             if images is not None:
-                write(list(indices), generator.encode(images))  # (B, N, C)
+                write(list(indices), predictor.encode(images))  # (B, N, C)
     bar.close()
     return predictions, errors
 
@@ -94,7 +95,9 @@ def references(annotations: str | Path) -> dict[int, list[str]]:
     return refs
 
 
-def split_report(references: dict[int, list[str]], predictions: dict[int, str], metrics: Iterable[str]) -> dict:
+def split_report(
+    references: dict[int, list[str]], predictions: dict[int, str], metrics: Iterable[str]
+) -> dict:
     """Everything one split is scored by: the caption metrics, CHAIR, and the variety of the captions."""
     scores, _, skipped = compute_metrics(references, predictions, metrics)
     hallucination = chair(predictions, references)
@@ -113,7 +116,7 @@ def evaluate(
     annotations: str | Path,
     out_dir: str | Path,
     *,
-    generator: Generator | None = None,
+    predictor: Predictor | None = None,
     decoding: DecodingConfig | None = None,
     images: str | Path | None = None,
     results_file: str | Path | None = None,
@@ -122,21 +125,25 @@ def evaluate(
     num_workers: int | None = None,
     max_images: int = 0,
 ) -> dict:
-    """Score a model (captioning ``images``) or an existing results file; writes results.json and metrics.json."""
+    """Score a model (captioning ``images``) or an existing results file; writes results.json and
+    metrics.json."""
     out_dir = Path(out_dir)
     refs = references(annotations)
     errors: dict[str, str] = {}
     if results_file is not None:
         predictions = read_results(results_file)
     else:
-        if generator is None or decoding is None or images is None:
-            raise ValueError("evaluate needs either a results file, or a model, its decoding settings and an image folder")
+        if predictor is None or decoding is None or images is None:
+            raise ValueError("evaluate needs either a results file, or a model, its decoding settings and "
+                             "an image folder")
         split = read_caption_set(annotations, images)
         if max_images:
             split = split.subset(list(range(min(max_images, len(split)))))
-        predictions, errors = predict_split(generator, split, decoding, batch_size=batch_size, num_workers=num_workers)
+        predictions, errors = predict_split(predictor, split, decoding, batch_size=batch_size,
+                                            num_workers=num_workers)
         atomic_write_json(out_dir / "results.json", results_list(predictions))
-    report = {"annotations": str(annotations), **split_report(refs, predictions, metrics), "unreadable_images": errors}
+    report = {"annotations": str(annotations), **split_report(refs, predictions, metrics),
+              "unreadable_images": errors}
     if results_file is not None:
         report["results"] = str(results_file)
     else:
@@ -149,7 +156,7 @@ def evaluate_splits(
     splits: list[DataSetConfig],
     out_dir: str | Path,
     *,
-    generator: Generator,
+    predictor: Predictor,
     decoding: DecodingConfig,
     metrics: Iterable[str] = METRIC_NAMES,
     batch_size: int = 32,
@@ -161,15 +168,16 @@ def evaluate_splits(
     them and their weighted mean CIDEr (the split weights of the config)."""
     out_dir = Path(out_dir)
     reports = {
-        split.name: evaluate(split.annotations, out_dir / split.name, generator=generator, decoding=decoding,
-                             images=split.images, metrics=metrics, batch_size=batch_size, num_workers=num_workers,
-                             max_images=max_images)
+        split.name: evaluate(split.annotations, out_dir / split.name, predictor=predictor, decoding=decoding,
+                             images=split.images, metrics=metrics, batch_size=batch_size,
+                             num_workers=num_workers, max_images=max_images)
         for split in splits
     }
     summary = {"splits": reports, "decoding": dataclasses.asdict(decoding)}
     weights = {split.name: split.weight for split in splits}
     if "CIDEr" in next(iter(reports.values()))["scores"] and sum(weights.values()) > 0:
-        summary["mean_CIDEr"] = sum(weights[name] * r["scores"]["CIDEr"] for name, r in reports.items()) / sum(weights.values())
+        summary["mean_CIDEr"] = (sum(weights[name] * r["scores"]["CIDEr"] for name, r in reports.items())
+                                 / sum(weights.values()))
         summary["weights"] = weights
     atomic_write_json(out_dir / "metrics.json", summary)
     return summary

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +22,11 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from caption.api import Captioner, CaptionResult
+from caption.api import Captioner
 from caption.config import DecodingConfig
 from caption.serving.inputs import Discovered
-from caption.utils.io import atomic_write_json
+from caption.settings import decoding_settings
+from caption.utils.io import atomic_write, atomic_write_json
 
 FORMATS = ("jsonl", "csv", "coco")
 CSV_FIELDS = ("source", "caption", "score", "error")
@@ -141,9 +142,9 @@ def coco_image_ids(files: Iterable[str], ids_by_name: dict[str, int] | None = No
             owner[image_id] = source
     if clashes:
         more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
-        raise ValueError(f"a COCO results file needs one image id per file, but {len(clashes)} file(s) share an id: "
-                         f"{'; '.join(clashes[:5])}{more}. Give --annotations with the images' ids, rename the "
-                         "files, or write JSONL or CSV instead")
+        raise ValueError(f"a COCO results file needs one image id per file, but {len(clashes)} file(s) share "
+                         f"an id: {'; '.join(clashes[:5])}{more}. Give --annotations with the images' ids, "
+                         "rename the files, or write JSONL or CSV instead")
     return ids
 
 
@@ -165,31 +166,69 @@ class BatchSummary:
     def report(self, found: Discovered | None = None, show: int = 20) -> str:
         out = io.StringIO()
         startup = f" after {self.startup_seconds:.1f} s of start-up" if self.startup_seconds else ""
-        out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s{startup}), {len(self.failed)} could "
-                  f"not be read, {self.already_done} already in {self.output}")
+        out.write(f"{self.captioned} captioned ({self.images_per_s:.1f} images/s{startup}), "
+                  f"{len(self.failed)} could not be read, {self.already_done} already in {self.output}")
         if self.failed_before:
-            out.write(f" ({self.failed_before} of them recorded as bad: delete their lines to try them again)")
+            out.write(f" ({self.failed_before} of them recorded as bad: delete their lines to try them "
+                      "again)")
         if found is not None and found.ignored:
-            out.write(f"; left out {found.ignored} file{'' if found.ignored == 1 else 's'} in the folders that are "
-                      "not images or videos by extension")
+            out.write(f"; left out {found.ignored} file{'' if found.ignored == 1 else 's'} in the folders "
+                      "that are not images or videos by extension")
         out.write("\n")
         for folder, reason in (found.skipped_folders if found is not None else [])[:show]:
             out.write(f"  folder not searched: {folder}: {reason}\n")
         for source, reason in self.failed[:show]:
             out.write(f"  bad file: {source}: {reason}\n")
         if len(self.failed) > show:
-            out.write(f"  ... and {len(self.failed) - show} more (every one is in the output with its reason)\n")
+            out.write(f"  ... and {len(self.failed) - show} more (every one is in the output with its "
+                      "reason)\n")
         return out.getvalue()
 
 
-def record_of(result: CaptionResult) -> dict[str, Any]:
-    """A result as one line of the output (both engines write these)."""
-    if not result.ok:
-        return {"source": result.source, "error": result.error, "error_kind": result.error_kind}
-    record = {"source": result.source, "caption": result.text, "score": round(result.score, 4), "beams": result.beams}
-    if result.times:
-        record["frame_times"] = result.times
-    return record
+@dataclass(frozen=True)
+class BatchJob:
+    """What both engines caption and how they write it, checked before a model is loaded or a file read:
+    the files, the output and its format, each file's COCO image id (COCO results only) and the decoding
+    settings asked for (the model's defaults for the rest)."""
+
+    files: tuple[str, ...]
+    output: Path
+    fmt: str
+    image_ids: dict[str, int | str]
+    decoding: dict[str, Any]
+
+    @classmethod
+    def plan(cls, files: Iterable[str], output: str | Path, *, fmt: str | None = None,
+             annotations: str | Path | None = None,
+             decoding: DecodingConfig | Mapping[str, Any] | None = None) -> BatchJob:
+        """Refuses, before any work, an unknown format, a bad decoding value and (COCO results) files
+        without an image id of their own: every file needs its own id in the annotations."""
+        files, output = tuple(files), Path(output)
+        fmt = output_format(output, fmt)
+        if isinstance(decoding, DecodingConfig):
+            decoding = {f.name: getattr(decoding, f.name) for f in DecodingConfig.public_fields()}
+        decoding = {k: v for k, v in (decoding or {}).items() if v is not None}
+        decoding_settings(DecodingConfig(), decoding)
+        ids = (coco_image_ids(files, annotation_ids(annotations) if annotations else None) if fmt == "coco"
+               else {})
+        return cls(files, output, fmt, ids, decoding)
+
+    def write_output(self, records: Iterable[dict[str, Any]]) -> None:
+        """The output file from ``records`` (``CaptionResult.to_dict``), at once: a COCO results JSON of
+        this job's captioned files, or every record as JSONL or CSV lines."""
+        if self.fmt == "coco":
+            atomic_write_json(self.output, [{"image_id": self.image_ids[r["source"]], "caption": r["caption"]}
+                                            for r in records
+                                            if "caption" in r and r.get("source") in self.image_ids])
+            return
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                writer = JournalWriter(handle, self.fmt == "csv", write_header=True)
+                for record in records:
+                    writer.write(record)
+
+        atomic_write(self.output, write)
 
 
 def caption_files(
@@ -201,15 +240,15 @@ def caption_files(
     annotations: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
-    decoding: DecodingConfig | None = None,
+    decoding: DecodingConfig | Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> BatchSummary:
-    """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring."""
-    output, files = Path(output), list(files)
-    fmt = output_format(output, fmt)
-    # Before captioning, not after: every file needs its own image id in the annotations.
-    image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
-    journal = Journal(output.with_name(output.name + ".progress.jsonl") if fmt == "coco" else output, fmt)
+    """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring.
+    ``decoding``: the settings to use (a mapping: those given, the model's defaults for the rest)."""
+    job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
+    settings = captioner.resolve_decoding(job.decoding)
+    journal = Journal(job.output.with_name(job.output.name + ".progress.jsonl")
+                      if job.fmt == "coco" else job.output, job.fmt)
 
     done, bad = set(), set()
     for record in journal.records():  # one pass over what earlier runs wrote
@@ -217,15 +256,15 @@ def caption_files(
             done.add(record["source"])
             if "error" in record:
                 bad.add(record["source"])
-    todo = [f for f in files if f not in done]
-    summary = BatchSummary(output=output, total=len(files), already_done=len(files) - len(todo),
-                           failed_before=sum(f in bad for f in files))
+    todo = [f for f in job.files if f not in done]
+    summary = BatchSummary(output=job.output, total=len(job.files), already_done=len(job.files) - len(todo),
+                           failed_before=sum(f in bad for f in job.files))
     started = time.perf_counter()
-    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, decoding=decoding)
+    results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, decoding=settings)
     bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
     with journal.open() as writer, bar:
         for count, result in enumerate(results, 1):
-            writer.write(record_of(result))
+            writer.write(result.to_dict())
             if result.ok:
                 summary.captioned += 1
             else:
@@ -235,14 +274,13 @@ def caption_files(
                 writer.sync()
             bar.update()
     summary.seconds = time.perf_counter() - started
-    if fmt == "coco":
-        results_json = [{"image_id": image_ids[r["source"]], "caption": r["caption"]}
-                        for r in journal.records() if "caption" in r and r.get("source") in image_ids]
-        atomic_write_json(output, results_json)
+    if job.fmt == "coco":
+        job.write_output(journal.records())
     return summary
 
 
-def _annotation_ids(path: str | Path) -> dict[str, int]:
+def annotation_ids(path: str | Path) -> dict[str, int]:
+    """Each image's id in a COCO caption JSON, by file name."""
     from caption.data.coco import load_coco_json
 
     return {image["file_name"]: int(image["id"]) for image in load_coco_json(path)["images"]}

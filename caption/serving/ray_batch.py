@@ -25,16 +25,8 @@ from typing import Any
 from tqdm import tqdm
 
 from caption.config import DecodingConfig
-from caption.serving.batch import (
-    BatchSummary,
-    JournalWriter,
-    _annotation_ids,
-    coco_image_ids,
-    output_format,
-    record_of,
-)
-from caption.settings import decoding_settings
-from caption.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from caption.serving.batch import BatchJob, BatchSummary
+from caption.utils.io import atomic_write_text
 
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install 'caption[ray]' (or pip install 'ray[data]')"
 
@@ -62,7 +54,8 @@ class Block:
 def plan_blocks(files: list[str], block_size: int) -> list[Block]:
     if block_size < 1:
         raise ValueError(f"block size {block_size} is not allowed: choose a whole number, 1 or more")
-    return [Block(i, tuple(files[start:start + block_size])) for i, start in enumerate(range(0, len(files), block_size))]
+    return [Block(i, tuple(files[start:start + block_size]))
+            for i, start in enumerate(range(0, len(files), block_size))]
 
 
 def read_block(path: Path) -> list[dict[str, Any]]:
@@ -84,7 +77,8 @@ class BlockCaptioner:
         if Path(cwd).is_dir():
             os.chdir(cwd)
         self.captioner = Captioner.load(model, device=device)
-        self.decoding = self.captioner.resolve_decoding(**decoding)  # the model's defaults for what is not given
+        # the model's defaults for what is not given
+        self.decoding = self.captioner.resolve_decoding(decoding)
         self.blocks_dir = Path(blocks_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.ready_at = time.time()  # reported with this actor's first block: when captioning could begin
@@ -92,9 +86,11 @@ class BlockCaptioner:
     def __call__(self, rows: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {"name": [], "captioned": [], "failed": [], "ready_at": []}
         for name, files in zip(rows["name"], rows["files"]):
-            records = [record_of(result) for result in self.captioner.iter_captions(
-                json.loads(files), decoding=self.decoding, batch_size=self.batch_size, num_workers=self.num_workers)]
-            atomic_write_text(self.blocks_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            records = [result.to_dict() for result in self.captioner.iter_captions(
+                json.loads(files), decoding=self.decoding, batch_size=self.batch_size,
+                num_workers=self.num_workers)]
+            atomic_write_text(self.blocks_dir / name,
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             out["name"].append(name)
             out["captioned"].append(sum("error" not in r for r in records))
             out["failed"].append(json.dumps([[r["source"], r["error"]] for r in records if "error" in r]))
@@ -110,9 +106,7 @@ def caption_files_ray(
     *,
     fmt: str | None = None,
     annotations: str | Path | None = None,
-    beam_size: int | None = None,
-    max_length: int | None = None,
-    length_penalty: float | None = None,
+    decoding: DecodingConfig | dict[str, Any] | None = None,
     address: str | None = None,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
@@ -123,16 +117,14 @@ def caption_files_ray(
     progress: bool = True,
 ) -> BatchSummary:
     """Caption ``files`` into ``output`` on a Ray cluster (``address``: ``auto``, ``HOST:PORT``, or None for a
-    local one started here) with the model directory ``model``; decoding settings left as None take the
-    model's defaults. See the module docstring."""
+    local one started here) with the model directory ``model``; ``decoding``: the settings to use (a
+    mapping: those given, the model's defaults for the rest). See the module docstring."""
     ray = import_ray()
-    output = Path(output)
-    fmt = output_format(output, fmt)
-    decoding = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
-    decoding_settings(DecodingConfig(), **decoding)  # a bad value is refused here, not in every actor
+    # Checked here, not in every actor: a bad value or a missing image id fails before Ray starts.
+    job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
+    output = job.output
     if actors < 1:
         raise ValueError(f"--actors {actors} is not allowed: choose a whole number, 1 or more")
-    image_ids = coco_image_ids(files, _annotation_ids(annotations) if annotations else None) if fmt == "coco" else {}
     blocks_dir = output.with_name(output.name + ".blocks")
     blocks_dir.mkdir(parents=True, exist_ok=True)
     for stale in blocks_dir.glob(".*.tmp"):  # a writer killed mid-write; its block is redone
@@ -150,7 +142,8 @@ def caption_files_ray(
     if todo:
         ours = not ray.is_initialized()  # a caller's own ray.init() is left as it is
         if ours:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files, not blocks
         rows = [{"name": b.name, "files": json.dumps(list(b.files))} for b in todo]
@@ -158,7 +151,7 @@ def caption_files_ray(
             BlockCaptioner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor, fn_constructor_kwargs={
                 "model": str(model), "device": "cuda" if gpus_per_actor else "cpu",
-                "decoding": decoding,
+                "decoding": job.decoding,
                 "blocks_dir": str(blocks_dir.resolve()), "batch_size": batch_size, "num_workers": num_workers,
                 "cwd": os.getcwd(), "threads": max(1, int(cpus_per_actor))})
         sizes = {b.name: len(b.files) for b in todo}
@@ -176,23 +169,7 @@ def caption_files_ray(
         # Start-up: the cluster, the actors' processes and models, until the first actor is ready to caption.
         summary.startup_seconds = max(0.0, min(ready, default=wall_start) - wall_start)
     summary.seconds = time.perf_counter() - started - summary.startup_seconds
-    merge_blocks(blocks, blocks_dir, output, fmt, image_ids)
+    # The whole output, in input order, written at once as the local engine writes it. Records stream
+    # through block by block, so memory holds one block, not the archive.
+    job.write_output(r for b in blocks for r in read_block(blocks_dir / b.name))
     return summary
-
-
-def merge_blocks(blocks: list[Block], blocks_dir: Path, output: Path, fmt: str, image_ids: dict) -> None:
-    """The whole output, in input order, written at once: what the local engine would have written. Records
-    stream through block by block, so memory holds one block, not the archive."""
-    records = (r for b in blocks for r in read_block(blocks_dir / b.name))
-    if fmt == "coco":
-        atomic_write_json(output, [{"image_id": image_ids[r["source"]], "caption": r["caption"]}
-                                   for r in records if "caption" in r])
-        return
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            writer = JournalWriter(handle, fmt == "csv", write_header=True)
-            for record in records:
-                writer.write(record)
-
-    atomic_write(output, write)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caption.config import DecodingConfig, ScstConfig
+from caption.config import ScstConfig
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import beam_search
 from caption.decoding.sample import sample, sampling_log_probs
@@ -50,11 +51,11 @@ class SelfCritical:
         (M,). Returns the loss and the step's statistics (per sampled caption; ``reward_time_s`` summed)."""
         cfg, special = self.cfg, self.vocab.special
         decoding = cfg.decoding
-        B, K = inputs.shape[0], cfg.samples
+        B, K = inputs.shape[0], decoding.samples
         with torch.no_grad(), self.autocast():
             features = self.model.memory(inputs)  # (B, N, C)
             samples = sample(self.model.decoder, features, None, decoding, special)  # (B*K, T)
-            greedy = (beam_search(self.model.decoder, features, None, DecodingConfig(1, cfg.max_length), special)
+            greedy = (beam_search(self.model.decoder, features, None, replace(decoding, beam_size=1), special)
                       if cfg.baseline == "greedy" else None)
 
         started = time.perf_counter()

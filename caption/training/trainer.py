@@ -36,7 +36,7 @@ from caption.data.datasets import (
 from caption.data.images import ImageTransform
 from caption.data.video import VideoTransform, is_video
 from caption.data.vocab import Vocabulary
-from caption.decoding.generate import Generator
+from caption.decoding.predictor import Predictor
 from caption.evaluation.evaluate import predict_split, results_list, split_report
 from caption.evaluation.metrics import check_java, spice_unavailable_reason
 from caption.features.batching import default_num_workers
@@ -495,12 +495,12 @@ class Trainer:
         result: dict[str, Any] = {}
         if self.info.is_main:
             self.model.eval()
-            generator = Generator(self.model, self.vocab, self.device)
+            predictor = Predictor(self.model, self.vocab, self.device)
             splits: dict[str, dict[str, Any]] = {}
             all_predictions: dict[str, dict[int, str]] = {}
             for name, split in self.val_sets.items():
                 predictions, _ = predict_split(
-                    generator, split, cfg.val.decoding, features=self.val_features.get(name),
+                    predictor, split, cfg.val.decoding, features=self.val_features.get(name),
                     batch_size=cfg.val.batch_size, num_workers=cfg.train.num_workers,
                 )
                 splits[name] = split_report(split.captions, predictions, cfg.val.metrics)

@@ -13,7 +13,7 @@ from caption.models.captioner import CaptionModel
 from caption.utils.runtime import cuda_autocast
 
 
-class Generator:
+class Predictor:
     def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device):
         self.model = model
         self.vocab = vocab
@@ -31,13 +31,18 @@ class Generator:
             return self.model.encode(images.to(self.device, non_blocking=True)).float()  # (B, N, C)
 
     @torch.inference_mode()
-    def hypotheses(self, features: torch.Tensor, mask: torch.Tensor | None, decoding: DecodingConfig) -> list[list[Hypothesis]]:
+    def hypotheses(
+        self, features: torch.Tensor, mask: torch.Tensor | None, decoding: DecodingConfig
+    ) -> list[list[Hypothesis]]:
         """Beam search over encoder ``features`` (B, N, C): all items and all beams at once."""
         features = features.to(self.device)  # (B, N, C)
         mask = None if mask is None else mask.to(self.device)  # (B, N)
         with cuda_autocast(self.device):
-            return beam_search(self.model.decoder, self.model.positions(features), mask, decoding, self.vocab.special)
+            return beam_search(self.model.decoder, self.model.positions(features), mask, decoding,
+                               self.vocab.special)
 
-    def captions(self, features: torch.Tensor, mask: torch.Tensor | None, decoding: DecodingConfig) -> list[str]:
+    def captions(
+        self, features: torch.Tensor, mask: torch.Tensor | None, decoding: DecodingConfig
+    ) -> list[str]:
         """The best caption of each item."""
         return [self.vocab.decode(beams[0].tokens) for beams in self.hypotheses(features, mask, decoding)]

@@ -1,4 +1,5 @@
-"""Image and video captioning: a timm CNN encoder and a Show, Attend and Tell attention LSTM decoder.
+"""Image and video captioning: a timm CNN encoder and an attention LSTM decoder (Show, Attend and Tell, or
+Anderson et al.'s Up-Down; caption.models.registry lists them).
 
     from caption import Captioner
     captioner = Captioner.load()            # the shipped default model

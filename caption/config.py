@@ -79,15 +79,14 @@ class EncoderConfig:
         )
 
 
-DECODER_TYPES = ("sat", "updown")
-
-
 @dataclass
 class DecoderConfig:
+    """What every decoder has. Each decoder's own fields are in its config subclass, next to it (SatConfig
+    in caption/models/sat.py, ...), which ``type`` picks from the registry (caption.models.registry)."""
+
     # "sat": Show, Attend and Tell's one attention LSTM; "updown": Anderson et al.'s two-layer top-down LSTM.
     type: str = "sat"
     embed_dim: int = 512
-    attention_dim: int = 512
     hidden_dim: int = 512
     dropout: float = 0.5
     # Video models: a learned embedding per frame position (SA-LSTM's temporal attention needs to know which
@@ -97,12 +96,35 @@ class DecoderConfig:
     # video model can tell "moves left" from "moves right"); off for image models.
     cell_positions: bool = False
 
+    @staticmethod
+    def variant(values: dict[str, Any], current: DecoderConfig) -> DecoderConfig:
+        """The config class ``values["type"]`` names (else ``current``'s), holding ``current``'s values of
+        the fields both have: what a ``decoder:`` section is read into."""
+        from caption.models.registry import decoder_config_class
+
+        cls = decoder_config_class(values.get("type", current.type))
+        if type(current) is cls:
+            return current
+        names = {f.name for f in dataclasses.fields(cls)} - {"type"}
+        return cls(**{f.name: getattr(current, f.name) for f in dataclasses.fields(current)
+                      if f.name in names})
+
     def validate(self) -> None:
-        _choice(self.type, "decoder.type", DECODER_TYPES)
-        for name in ("embed_dim", "attention_dim", "hidden_dim"):
+        from caption.models.registry import decoder_config_class
+
+        _require(type(self) is decoder_config_class(self.type), "decoder.type",
+                 f"is {self.type!r} but the section is a {type(self).__name__}: build it with "
+                 "caption.models.registry.decoder_config")
+        for name in ("embed_dim", "hidden_dim"):
             _require(getattr(self, name) >= 1, f"decoder.{name}", "must be positive")
         _require(self.temporal_positions >= 0, "decoder.temporal_positions", "must be 0 (images) or more")
         _require(0.0 <= self.dropout < 1.0, "decoder.dropout", "must be in [0, 1)")
+
+
+def default_decoder_config() -> DecoderConfig:
+    from caption.models.registry import decoder_config
+
+    return decoder_config()
 
 
 @dataclass
@@ -367,7 +389,7 @@ class ValConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    decoder: DecoderConfig = field(default_factory=default_decoder_config)
     train: TrainConfig = field(default_factory=TrainConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
     val: ValConfig = field(default_factory=ValConfig)
@@ -482,6 +504,8 @@ def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section '{dotted}' must be a mapping, got {value!r}")
+            if hasattr(current, "variant"):  # a section whose class its values choose (decoder.type)
+                current = current.variant(value, current)
             updates[key] = apply_values(current, value, prefix=f"{dotted}.")
         else:
             updates[key] = _coerce(value, hints[key], dotted)

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import DATA, REPO, machine, parse_bench_args, peak_memory_mb, print_table, run_isolated  # noqa: E402
 
-from caption.config import LITE_PACKAGES, DecoderConfig, EncoderConfig, ScstConfig  # noqa: E402
+from caption.config import LITE_PACKAGES, EncoderConfig, ScstConfig  # noqa: E402
 from caption.data.coco import read_caption_set  # noqa: E402
 from caption.data.convert import convert_flickr8k  # noqa: E402
 from caption.data.datasets import collate_items, image_captions  # noqa: E402
@@ -42,7 +42,7 @@ from caption.features.batching import iter_image_batches  # noqa: E402
 from caption.features.encoder import ImageEncoder  # noqa: E402
 from caption.models.captioner import CaptionModel  # noqa: E402
 from caption.models.io import load_model  # noqa: E402
-from caption.models.sat import AttentionLSTMDecoder  # noqa: E402
+from caption.models.sat import AttentionLSTMDecoder, SatConfig  # noqa: E402
 from caption.training.losses import caption_loss  # noqa: E402
 from caption.training.scst import SelfCritical  # noqa: E402
 
@@ -92,7 +92,7 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     split, vocab, items = load_items()
     encoder = ImageEncoder(EncoderConfig()).to(device).eval()
-    decoder = AttentionLSTMDecoder(len(vocab), encoder.feature_dim, DecoderConfig()).to(device).train()
+    decoder = AttentionLSTMDecoder(len(vocab), encoder.feature_dim, SatConfig()).to(device).train()
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=4e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -214,7 +214,7 @@ def run_finetune_case(name: str, steps: int, device: torch.device) -> dict:
     split, vocab, items = load_items(batch * (steps + 3))
     encoder_cfg = EncoderConfig(name=encoder_name, weights=LITE_PACKAGES[encoder_name], image_size=size,
                                 grid_size=grid, finetune_stages=stages)
-    model = CaptionModel(encoder_cfg, DecoderConfig(), len(vocab)).to(device).train()
+    model = CaptionModel(encoder_cfg, SatConfig(), len(vocab)).to(device).train()
     groups = [{"params": [*model.positions.parameters(), *model.decoder.parameters()], "lr": 4e-4}]
     if stages:
         groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": 1e-4})

@@ -1,23 +1,26 @@
-"""Both decoders through the one ``Decoder`` protocol: teacher forcing, batched beam search, greedy
+"""Every registered decoder through the one ``Decoder`` protocol: teacher forcing, batched beam search, greedy
 decoding and sampling. Structural tests run on synthetic features (no data needed); the protocol's
 log-probability agreement and memorisation run on real Flickr8k images."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from caption.config import DecoderConfig, DecodingConfig
+from caption.config import DecodingConfig
 from caption.data.datasets import pad_captions
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import beam_search
 from caption.decoding.constraints import allowed_logits
 from caption.decoding.sample import sample, sampling_log_probs
 from caption.models.base import Decoder, DecoderBase
-from caption.models.captioner import build_decoder
-from caption.models.sat import AttentionLSTMDecoder
+from caption.models.registry import DECODERS, build_decoder, decoder_config, register_decoder
+from caption.models.sat import AttentionLSTMDecoder, SatConfig
 from caption.training.losses import caption_loss
 
-DECODERS = ["sat", "updown"]
+# Decoders with their own fused beam step, which must give what the generic one gives.
+FUSED = [name for name, entry in DECODERS.items() if entry.decoder.beam_step is not DecoderBase.beam_step]
 SPECIAL = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>"]).special
 
 
@@ -44,8 +47,11 @@ def _train(decoder, memory, captions, item_index, steps, lr):
 
 
 def _decoder(kind: str, vocab_size: int, feature_dim: int, size: int, seed: int):
+    """Decoder ``kind`` with every width ``size`` (the hidden state twice that), whatever its config has."""
     torch.manual_seed(seed)
-    cfg = DecoderConfig(type=kind, embed_dim=size, attention_dim=size, hidden_dim=2 * size, dropout=0.0)
+    sizes = {"embed_dim": size, "attention_dim": size, "hidden_dim": 2 * size, "dropout": 0.0}
+    fields = {f.name for f in dataclasses.fields(DECODERS[kind].config)}
+    cfg = decoder_config(kind, **{name: value for name, value in sizes.items() if name in fields})
     return build_decoder(vocab_size, feature_dim, cfg)
 
 
@@ -59,7 +65,7 @@ def _teacher_forced_log_prob(decoder, memory, tokens):
     return log_probs.gather(2, caption[:, 1:, None]).sum().item()
 
 
-@pytest.fixture(scope="module", params=DECODERS)
+@pytest.fixture(scope="module", params=list(DECODERS))
 def synthetic(request):
     """A decoder briefly trained on random features with two plausible captions each: its beams compete."""
     torch.manual_seed(5)
@@ -72,9 +78,27 @@ def synthetic(request):
     return decoder, memory
 
 
-def test_both_decoders_implement_the_protocol(synthetic):
+def test_every_registered_decoder_implements_the_protocol(synthetic):
     decoder, _ = synthetic
     assert isinstance(decoder, Decoder)
+
+
+def test_the_registry_builds_each_decoder_from_its_own_config_and_refuses_mistakes():
+    assert {"sat", "updown"} <= set(DECODERS) and "sat" in FUSED
+    for name, entry in DECODERS.items():
+        cfg = decoder_config(name, embed_dim=8, hidden_dim=8)
+        assert type(cfg) is entry.config and cfg.type == name
+        decoder = build_decoder(11, 6, cfg)
+        assert type(decoder) is entry.decoder and decoder.embedding.padding_idx == Vocabulary.pad_id
+        assert decoder.output.out_features == 11
+    with pytest.raises(ValueError, match="two decoders are registered as 'sat'"):
+        register_decoder("sat", SatConfig)(AttentionLSTMDecoder)
+    with pytest.raises(ValueError, match="not the decoder's name 'other'"):
+        register_decoder("other", SatConfig)
+    from caption.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"choose one of: {', '.join(DECODERS)}"):
+        decoder_config("transformer")
 
 
 @pytest.mark.parametrize("beam_size", [1, 3, 5])
@@ -122,7 +146,8 @@ def test_every_beam_log_prob_is_its_captions_teacher_forced_log_prob(synthetic):
     decoder, memory = synthetic
     for i, beams in enumerate(_beams(decoder, memory, beam_size=3)):
         for h in beams:
-            assert h.log_prob == pytest.approx(_teacher_forced_log_prob(decoder, memory[i : i + 1], h.tokens), abs=1e-3)
+            assert h.log_prob == pytest.approx(_teacher_forced_log_prob(decoder, memory[i : i + 1], h.tokens),
+                                               abs=1e-3)
 
 
 def test_masked_positions_are_never_attended(synthetic):
@@ -138,12 +163,16 @@ def test_masked_positions_are_never_attended(synthetic):
         assert np.abs(b[0].attention[:, memory.shape[1]:]).max() == 0.0
 
 
-def test_the_fused_beam_step_equals_the_generic_one(synthetic):
-    """SAT's fused beam step is an optimisation: the protocol's select-then-step gives the same beams."""
-    decoder, memory = synthetic
-    if not isinstance(decoder, AttentionLSTMDecoder):  # Up-Down has only the generic step: nothing to compare
-        assert type(decoder).beam_step is DecoderBase.beam_step
-        return
+@pytest.mark.parametrize("kind", FUSED)
+def test_the_fused_beam_step_equals_the_generic_one(kind):
+    """A decoder's own fused beam step is an optimisation: the protocol's select-then-step gives the same
+    beams."""
+    torch.manual_seed(5)
+    memory = torch.randn(6, 12, 32)  # (B, N, C)
+    captions = pad_captions([[1, *torch.randint(4, 30, (int(n),)).tolist(), 2]
+                             for n in torch.randint(3, 9, (12,))])  # (2B, L)
+    decoder = _decoder(kind, 30, 32, 16, seed=1)
+    _train(decoder, memory, captions, torch.arange(6).repeat(2), steps=30, lr=3e-3)
     fused = _beams(decoder, memory, beam_size=3)
     decoder.beam_step = DecoderBase.beam_step.__get__(decoder)
     try:
@@ -188,7 +217,7 @@ def test_sampler_respects_max_length_eos_masks_and_temperature(synthetic):
 
 def test_loss_ignores_padding_and_weights_the_attention_regulariser():
     torch.manual_seed(0)
-    decoder = AttentionLSTMDecoder(20, 8, DecoderConfig(embed_dim=8, attention_dim=8, hidden_dim=8, dropout=0.0))
+    decoder = AttentionLSTMDecoder(20, 8, SatConfig(embed_dim=8, attention_dim=8, hidden_dim=8, dropout=0.0))
     memory = torch.randn(2, 4, 8)
     captions = torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
     logits, alphas = decoder(memory, captions)
@@ -202,7 +231,7 @@ def test_loss_ignores_padding_and_weights_the_attention_regulariser():
 
 
 # --------------------------------------------------------------------------------- on real images
-@pytest.fixture(scope="module", params=DECODERS)
+@pytest.fixture(scope="module", params=list(DECODERS))
 def overfit(request, few_real_images):
     """A decoder trained to memorise one caption for each of eight real images."""
     split, features = few_real_images
@@ -228,14 +257,15 @@ def test_attention_maps_cover_every_word(overfit):
     np.testing.assert_allclose(best.attention.sum(axis=1), 1.0, atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=DECODERS)
+@pytest.fixture(scope="module", params=list(DECODERS))
 def real_ambiguous(request, few_real_images):
     """A briefly trained decoder on all five captions of eight real images."""
     split, features = few_real_images
     texts = [t for image_id in split.image_ids for t in split.captions[image_id]]
     vocab = Vocabulary.build(texts, min_count=1)
     captions = pad_captions([vocab.encode(t) for t in texts])
-    item_index = torch.tensor([i for i, image_id in enumerate(split.image_ids) for _ in split.captions[image_id]])
+    item_index = torch.tensor([i for i, image_id in enumerate(split.image_ids)
+                               for _ in split.captions[image_id]])
     decoder = _decoder(request.param, len(vocab), 1280, 64, seed=1)
     _train(decoder, _memory(features), captions, item_index, steps=40, lr=3e-3)
     return decoder, _memory(features)
@@ -246,8 +276,8 @@ def test_beam_greedy_and_sampling_log_probs_equal_teacher_forcing_on_real_images
     for beam_size in (1, 3):
         for i, beams in enumerate(_beams(decoder, memory, beam_size=beam_size)):
             for h in beams:
-                assert h.log_prob == pytest.approx(_teacher_forced_log_prob(decoder, memory[i : i + 1], h.tokens),
-                                                   abs=1e-3)
+                assert h.log_prob == pytest.approx(
+                    _teacher_forced_log_prob(decoder, memory[i : i + 1], h.tokens), abs=1e-3)
     decoding = DecodingConfig(max_length=8, samples=5, temperature=0.7)
     torch.manual_seed(3)
     drawn = sample(decoder, memory, None, decoding, SPECIAL)
@@ -269,7 +299,7 @@ def test_a_video_model_saved_before_positions_left_the_decoder_still_loads(tmp_p
     from caption.models.io import load_model, save_model
 
     torch.manual_seed(0)
-    cfg = DecoderConfig(embed_dim=8, attention_dim=8, hidden_dim=8, temporal_positions=4, cell_positions=True)
+    cfg = SatConfig(embed_dim=8, attention_dim=8, hidden_dim=8, temporal_positions=4, cell_positions=True)
     vocab = Vocabulary.build(["a dog runs"], min_count=1)
     model = CaptionModel(EncoderConfig(weights="none", mean=[0.5] * 3, std=[0.5] * 3), cfg, len(vocab))
     directory = save_model(model, vocab, tmp_path / "model")
@@ -281,4 +311,4 @@ def test_a_video_model_saved_before_positions_left_the_decoder_still_loads(tmp_p
     for key, value in model.positions.state_dict().items():
         assert torch.equal(loaded.positions.state_dict()[key], value), key
     features = torch.randn(2, 4 * 49, 1280)  # (B, F*N, C)
-    assert torch.equal(loaded.memory(features), model.memory(features))
+    assert torch.equal(loaded.decoder_features(features), model.decoder_features(features))

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from caption.config import Config, DecoderConfig, EncoderConfig
+from caption.config import Config, EncoderConfig
 from caption.data.images import ImageTransform
 from caption.features.cache import FeatureCache
 from caption.features.encoder import ImageEncoder, resolve_encoder_config
@@ -22,10 +22,12 @@ from caption.features.pretrained import (
     read_state_dict,
     stage_sizes,
 )
+from caption.models.sat import SatConfig
 
 DOG_PHOTOS = ["1271960365_e54033f883.jpg", "1445754124_647168f211.jpg"]
 SWIMMER_PHOTO = "1801063894_60bce29e19.jpg"
-# ImageNet class ranges: 151-268 are dog breeds; 445 bikini, 639 maillot, 638 maillot (tank suit), 842 swimming trunks.
+# ImageNet class ranges: 151-268 are dog breeds; 445 bikini, 639 maillot, 638 maillot (tank suit), 842
+# swimming trunks.
 DOG_CLASSES = range(151, 269)
 SWIMWEAR_CLASSES = {445, 638, 639, 842}
 
@@ -71,7 +73,8 @@ def test_frozen_or_fine_tuned_from_the_last_stages():
     def trainable_stages(stages):
         encoder = ImageEncoder(EncoderConfig(finetune_stages=stages))
         names = [n for n, p in encoder.backbone.named_parameters() if p.requires_grad]
-        return encoder, {n.split(".")[0] + (f".{n.split('.')[1]}" if n.startswith("blocks") else "") for n in names}
+        return encoder, {n.split(".")[0] + (f".{n.split('.')[1]}" if n.startswith("blocks") else "")
+                         for n in names}
 
     # timm's coarse groups for efficientnet_lite0: the stem, stages 0-5, and stage 6 with the head.
     _, last = trainable_stages(1)
@@ -87,8 +90,8 @@ def test_frozen_or_fine_tuned_from_the_last_stages():
 def test_building_an_encoder_or_model_leaves_its_config_unchanged(weights):
     from caption.models.captioner import CaptionModel
 
-    config = Config(encoder=EncoderConfig(weights=weights), decoder=DecoderConfig(embed_dim=16, attention_dim=16,
-                                                                                   hidden_dim=16))
+    config = Config(encoder=EncoderConfig(weights=weights),
+                    decoder=SatConfig(embed_dim=16, attention_dim=16, hidden_dim=16))
     before = copy.deepcopy(config)
     resolved = resolve_encoder_config(config.encoder)
     assert resolved is not config.encoder and resolved.mean and resolved.std
@@ -132,7 +135,8 @@ def test_feature_cache_encodes_once_and_keys_on_what_changes_features(tmp_path, 
     assert isinstance(built.features, np.memmap)
 
     with torch.no_grad():
-        direct = lite0_encoder(torch.stack([ImageTransform(224, LITE_MEAN, LITE_STD).load(p) for p in paths[:3]]))
+        direct = lite0_encoder(torch.stack([ImageTransform(224, LITE_MEAN, LITE_STD).load(p)
+                                            for p in paths[:3]]))
     np.testing.assert_allclose(built.features[:3].astype(np.float32), direct.numpy(), atol=2e-2, rtol=1e-2)
 
     again = cache.load(paths)

@@ -12,12 +12,12 @@ import torch
 
 from caption.api import Captioner
 from caption.cli import main
-from caption.config import DecoderConfig, EncoderConfig
+from caption.config import EncoderConfig
 from caption.data.datasets import pad_captions
 from caption.data.vocab import Vocabulary
 from caption.models.captioner import CaptionModel
 from caption.models.io import load_model, save_model
-from caption.models.updown import UpDownDecoder
+from caption.models.updown import UpDownConfig, UpDownDecoder
 from tests.conftest import DATA, require
 
 
@@ -29,13 +29,14 @@ def updown_dir(few_real_images, tmp_path_factory):
     vocab = Vocabulary.build(texts, min_count=1, max_length=20)
     captions = pad_captions([vocab.encode(t) for t in texts])  # (8, L)
     torch.manual_seed(0)
-    model = CaptionModel(EncoderConfig(), DecoderConfig(type="updown", embed_dim=128, attention_dim=128,
+    model = CaptionModel(EncoderConfig(), UpDownConfig(embed_dim=128, attention_dim=128,
                                                         hidden_dim=256, dropout=0.0), len(vocab))
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=3e-3, weight_decay=0)
     memory = torch.from_numpy(np.asarray(features.features, dtype=np.float32))  # (8, 49, 1280)
     for _ in range(150):
         logits, _ = model(memory, captions, torch.arange(8))
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), captions[:, 1:].reshape(-1), ignore_index=0)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), captions[:, 1:].reshape(-1),
+                                                 ignore_index=0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -65,7 +66,8 @@ def test_an_updown_model_captions_videos_in_batch_and_in_the_demo(updown_dir, tm
     assert video.text and video.attention.shape == (len(video.words), 4 * 49) and len(video.times) == 4
 
     out = tmp_path / "captions.jsonl"
-    assert main(["batch", photo, str(clip), "--model", str(directory), "--out", str(out), "--no-progress"]) == 0
+    assert main(["batch", photo, str(clip), "--model", str(directory), "--out", str(out),
+                 "--no-progress"]) == 0
     records = {Path(r["source"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert records[Path(photo).name]["caption"] == captioner.caption(photo).text
     assert records[clip.name]["caption"] and len(records[clip.name]["frame_times"]) == 8

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from caption.config import DecoderConfig, _require
+from caption.data.vocab import Vocabulary
+
 # A decoder's recurrent state: tensors with one row per caption being written, rows first.
 State = tuple[torch.Tensor, ...]
 
@@ -57,7 +60,8 @@ class Memory:
         return self._map(lambda part: part[:b])
 
     def _map(self, fn) -> Memory:
-        return Memory(**{f.name: None if (part := getattr(self, f.name)) is None else fn(part) for f in fields(self)})
+        return Memory(**{f.name: None if (part := getattr(self, f.name)) is None else fn(part)
+                         for f in fields(self)})
 
 
 @dataclass
@@ -74,9 +78,13 @@ class Parents:
 class Decoder(Protocol):
     vocab_size: int
 
-    def init_state(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Memory, State]: ...
+    def init_state(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[Memory, State]: ...
 
-    def step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]: ...
+    def step(
+        self, tokens: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor]: ...
 
     def select(self, state: State, rows: torch.Tensor) -> State: ...
 
@@ -91,6 +99,17 @@ def masked_mean(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
         return features.mean(dim=1)  # (B, C)
     weights = mask.unsqueeze(-1).to(features.dtype)  # (B, N, 1)
     return (features * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
+
+
+@dataclass
+class AttentionConfig(DecoderConfig):
+    """The config of a decoder that attends with ``AdditiveAttention``: the size of its attention layer."""
+
+    attention_dim: int = 512
+
+    def validate(self) -> None:
+        super().validate()
+        _require(self.attention_dim >= 1, "decoder.attention_dim", "must be positive")
 
 
 class AdditiveAttention(nn.Module):
@@ -129,16 +148,45 @@ class AdditiveAttention(nn.Module):
 
 
 class DecoderBase(nn.Module):
-    """What every decoder gets for free on top of ``init_state``/``step``: row selection, the generic beam
-    step and teacher forcing."""
+    """What every decoder gets for free on top of ``init_state`` and ``core``: the word embedding and the
+    output layer around the core (self-critical.pytorch's ``core`` / ``get_logprobs_state`` split), row
+    selection, the generic beam step and teacher forcing. A decoder builds its own layers in
+    ``build_core`` and writes one step of its recurrence in ``core``."""
 
-    vocab_size: int
+    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.feature_dim = feature_dim
+        self.pad_id = Vocabulary.pad_id
+        # Created in this order (embedding, the core's layers, output) so the parameters, their random
+        # initialisation and saved optimizer states keep the order they had before this base class held them.
+        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=self.pad_id)
+        self.build_core(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = nn.Linear(cfg.hidden_dim, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.output.weight, -0.1, 0.1)
+        nn.init.zeros_(self.output.bias)
+
+    def build_core(self, cfg: DecoderConfig) -> None:
+        """Create the decoder's own layers (between the word embedding and the output layer)."""
+        raise NotImplementedError
 
     def init_state(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Memory, State]:
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def core(
+        self, words: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One step for R = B*K rows from the embedded words (R, E): the hidden state the output layer reads
+        (R, H), the new state and the attention (R, N)."""
         raise NotImplementedError
+
+    def step(
+        self, tokens: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        hidden, state, alpha = self.core(self.embedding(tokens), state, memory)  # (R, H), ..., (R, N)
+        return self.output(self.dropout(hidden)), state, alpha  # (R, V), ..., (R, N)
 
     def select(self, state: State, rows: torch.Tensor) -> State:
         return tuple(part.index_select(0, rows) for part in state)
@@ -146,8 +194,9 @@ class DecoderBase(nn.Module):
     def beam_step(
         self, tokens: torch.Tensor, state: State, parents: Parents, memory: Memory
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """Beam b*K + k feeds word ``tokens`` (b*K,) to the state row ``parents.rows[parents.of_beam[b*K + k]]``.
-        Returns logits (b*K, V), the new state (b*K rows) and each beam's attention (b*K, N)."""
+        """Beam b*K + k feeds word ``tokens`` (b*K,) to the state row
+        ``parents.rows[parents.of_beam[b*K + k]]``. Returns logits (b*K, V), the new state (b*K rows) and
+        each beam's attention (b*K, N)."""
         state = self.select(state, parents.rows.index_select(0, parents.of_beam))  # (b*K, ...)
         return self.step(tokens, state, memory)  # (b*K, V), ..., (b*K, N)
 
@@ -155,9 +204,8 @@ class DecoderBase(nn.Module):
         self,
         features: torch.Tensor,
         captions: torch.Tensor,
-        mask: torch.Tensor | None = None,
         item_index: torch.Tensor | None = None,
-        pad_id: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing over ``captions`` (M, L) = <bos> w1 .. wn <eos> <pad>.. ; predicts captions[:, 1:].
 
@@ -168,12 +216,14 @@ class DecoderBase(nn.Module):
         """
         M, L = captions.shape
         memory, state = self.init_state(features, mask)  # (B, ...)
-        steps = (captions[:, 1:] != pad_id).sum(dim=1)  # (M,) words + <eos> to predict
+        steps = (captions[:, 1:] != self.pad_id).sum(dim=1)  # (M,) words + <eos> to predict
         steps, order = steps.sort(descending=True)  # (M,), (M,)
         rows = order if item_index is None else item_index.index_select(0, order)  # (M,) memory row of each
         memory, state = memory.select(rows), self.select(state, rows)  # (M, ...)
         tokens = captions.index_select(0, order)  # (M, L)
-        active_rows = (steps.unsqueeze(0) > torch.arange(L - 1, device=steps.device).unsqueeze(1)).sum(1).tolist()
+        active_rows = (
+            steps.unsqueeze(0) > torch.arange(L - 1, device=steps.device).unsqueeze(1)
+        ).sum(1).tolist()
         N = memory.features.shape[1]
         logits, alphas = [], []
         for t, b in enumerate(active_rows):

@@ -7,17 +7,8 @@ from torch import nn
 
 from caption.config import DecoderConfig, EncoderConfig
 from caption.features.encoder import ImageEncoder
-from caption.models.base import DecoderBase
 from caption.models.positions import MemoryPositions
-from caption.models.sat import AttentionLSTMDecoder
-from caption.models.updown import UpDownDecoder
-
-DECODERS: dict[str, type[DecoderBase]] = {"sat": AttentionLSTMDecoder, "updown": UpDownDecoder}
-
-
-def build_decoder(vocab_size: int, feature_dim: int, cfg: DecoderConfig) -> DecoderBase:
-    """The decoder ``cfg.type`` names ("sat": Show, Attend and Tell; "updown": Anderson et al.'s top-down)."""
-    return DECODERS[cfg.type](vocab_size, feature_dim, cfg)
+from caption.models.registry import build_decoder
 
 
 class CaptionModel(nn.Module):
@@ -41,9 +32,9 @@ class CaptionModel(nn.Module):
             return features.reshape(B, F * features.shape[1], features.shape[2])  # (B, F*N, C)
         return self.encoder(images)  # (B, N, C)
 
-    def memory(self, inputs: torch.Tensor) -> torch.Tensor:
-        """What the decoder attends over (B, N, C): images or videos go through the encoder, cached features
-        (B, N, C) do not; then every position learns where it came from."""
+    def decoder_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The features the decoder attends over (B, N, C): images or videos go through the encoder, cached
+        features (B, N, C) do not; then every position learns where it came from."""
         features = inputs if inputs.ndim == 3 else self.encode(inputs)  # (B, N, C)
         return self.positions(features)  # (B, N, C)
 
@@ -52,4 +43,4 @@ class CaptionModel(nn.Module):
         """Teacher forcing, what training calls: ``inputs`` (images, videos or cached features) and captions
         (M, L), ``item_index`` (M,) the input row of each caption; returns logits (M, T, V) and attention
         (M, T, N)."""
-        return self.decoder(self.memory(inputs), captions, mask, item_index)
+        return self.decoder(self.decoder_features(inputs), captions, item_index=item_index, mask=mask)

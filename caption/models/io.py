@@ -2,8 +2,8 @@
 
 A model directory holds ``model.safetensors``, ``config.json`` and ``vocab.json``. A frozen encoder whose
 weights come from a named source (a Lite package, timm) is not stored: only the decoder is. A training
-run directory names its checkpoints (model directories) in ``best.json`` and ``latest.json``; ``resolve_run_dir``
-follows them.
+run directory names its checkpoints (model directories) in ``best.json`` and ``latest.json``;
+``resolve_run_dir`` follows them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values
+from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values, default_decoder_config
 from caption.data.vocab import Vocabulary
 from caption.features.pretrained import LITE_PACKAGES
 from caption.models.captioner import CaptionModel
@@ -26,7 +26,8 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 REPRODUCIBLE_WEIGHTS = ("timm", *LITE_PACKAGES.values())
 # Models saved before the position embeddings moved out of the decoder (shared by every decoder now).
-LEGACY_KEYS = {"decoder.temporal.weight": "positions.temporal.weight", "decoder.cells.weight": "positions.cells.weight"}
+LEGACY_KEYS = {"decoder.temporal.weight": "positions.temporal.weight",
+               "decoder.cells.weight": "positions.cells.weight"}
 
 
 def stores_encoder(encoder_cfg: EncoderConfig) -> bool:
@@ -53,7 +54,8 @@ def save_model(model: CaptionModel, vocab: Vocabulary, directory: str | Path, *,
     """Write the three model files into ``directory``, each atomically."""
     directory = Path(directory)
     state = model_state(model, dtype)
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": str(MODEL_FORMAT)}))
+    atomic_write(directory / WEIGHTS_FILE,
+                 lambda tmp: save_file(state, str(tmp), metadata={"format": str(MODEL_FORMAT)}))
     vocab.save(directory / VOCAB_FILE)
     atomic_write_json(directory / CONFIG_FILE, {
         "format": MODEL_FORMAT,
@@ -72,7 +74,9 @@ def is_model_dir(path: str | Path) -> bool:
     return all((path / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE))
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[CaptionModel, Vocabulary, dict]:
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[CaptionModel, Vocabulary, dict]:
     """Rebuild a model from its directory; a missing or mismatched file is a clear error."""
     directory = Path(directory)
     if not is_model_dir(directory):
@@ -80,13 +84,15 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise FileNotFoundError(f"{directory} is not a model directory: missing {', '.join(missing)}")
     meta = read_json(directory / CONFIG_FILE, "model config")
     if meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{directory / CONFIG_FILE}: model format {meta.get('format')!r} is not {MODEL_FORMAT}")
-    encoder_cfg, decoder_cfg = EncoderConfig(), DecoderConfig()
+        raise ValueError(f"{directory / CONFIG_FILE}: model format {meta.get('format')!r} "
+                         f"is not {MODEL_FORMAT}")
+    encoder_cfg = EncoderConfig()
     try:
         apply_values(encoder_cfg, meta["encoder"], "encoder.")
+        decoder_cfg = DecoderConfig.variant(meta["decoder"], default_decoder_config())  # its type's config
         apply_values(decoder_cfg, meta["decoder"], "decoder.")
         vocab_size = int(meta["vocab_size"])
-    except (ConfigError, KeyError, TypeError, ValueError) as err:
+    except (AttributeError, ConfigError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: missing or bad field ({err})") from None
     vocab = Vocabulary.load(directory / VOCAB_FILE)
     if len(vocab) != vocab_size:
@@ -101,7 +107,8 @@ def load_weights(model: CaptionModel, directory: str | Path) -> None:
     """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored)."""
     path = Path(directory) / WEIGHTS_FILE
     state = {LEGACY_KEYS.get(key, key): value for key, value in load_file(str(path)).items()}
-    for prefix, module in (("decoder.", model.decoder), ("positions.", model.positions), ("encoder.", model.encoder)):
+    for prefix, module in (("decoder.", model.decoder), ("positions.", model.positions),
+                           ("encoder.", model.encoder)):
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if prefix == "encoder." and not part:
             continue  # a frozen encoder from a named source is not stored
@@ -110,11 +117,13 @@ def load_weights(model: CaptionModel, directory: str | Path) -> None:
         try:
             module.load_state_dict(part, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{path}: the {prefix[:-1]} weights do not fit its config.json ({str(err)[:300]})") from None
+            raise ValueError(f"{path}: the {prefix[:-1]} weights do not fit its config.json "
+                             f"({str(err)[:300]})") from None
 
 
 def read_pointer(run_dir: str | Path, which: str) -> Path | None:
-    """The checkpoint a training run's ``<which>.json`` pointer ("best" or "latest") names; None without one."""
+    """The checkpoint a training run's ``<which>.json`` pointer ("best" or "latest") names; None without
+    one."""
     path = Path(run_dir) / f"{which}.json"
     if not path.is_file():
         return None

@@ -8,29 +8,34 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from caption.config import DecoderConfig
-from caption.models.base import AdditiveAttention, DecoderBase, Memory, Parents, State, masked_mean
+from caption.models.base import (
+    AdditiveAttention,
+    AttentionConfig,
+    DecoderBase,
+    Memory,
+    Parents,
+    State,
+    masked_mean,
+)
+from caption.models.registry import register_decoder
 
 
+@dataclass
+class SatConfig(AttentionConfig):
+    type: str = "sat"
+
+
+@register_decoder("sat", SatConfig, title="Show, Attend and Tell")
 class AttentionLSTMDecoder(DecoderBase):
     """One LSTM: each step attends with the previous hidden state, gates the context (f_beta) and feeds
     [word, context] to the LSTM, whose hidden state predicts the word. State: (h, c)."""
 
-    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.feature_dim = feature_dim
-        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
-        self.attention = AdditiveAttention(feature_dim, cfg.hidden_dim, cfg.attention_dim)
-        self.init_h = nn.Linear(feature_dim, cfg.hidden_dim)
-        self.init_c = nn.Linear(feature_dim, cfg.hidden_dim)
-        self.gate = nn.Linear(cfg.hidden_dim, feature_dim)  # f_beta: how much of the context to let in
-        self.lstm = nn.LSTMCell(cfg.embed_dim + feature_dim, cfg.hidden_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.output = nn.Linear(cfg.hidden_dim, vocab_size)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.uniform_(self.output.weight, -0.1, 0.1)
-        nn.init.zeros_(self.output.bias)
+    def build_core(self, cfg: SatConfig) -> None:
+        self.attention = AdditiveAttention(self.feature_dim, cfg.hidden_dim, cfg.attention_dim)
+        self.init_h = nn.Linear(self.feature_dim, cfg.hidden_dim)
+        self.init_c = nn.Linear(self.feature_dim, cfg.hidden_dim)
+        self.gate = nn.Linear(cfg.hidden_dim, self.feature_dim)  # f_beta: how much of the context to let in
+        self.lstm = nn.LSTMCell(cfg.embed_dim + self.feature_dim, cfg.hidden_dim)
 
     def init_state(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Memory, State]:
         """Project the memory once for attention and initialise (h, c) from its (masked) mean."""
@@ -38,15 +43,16 @@ class AttentionLSTMDecoder(DecoderBase):
         memory = Memory(features, self.attention.keys(features), mask)  # keys (B, N, A)
         return memory, (torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)))  # (B, H) each
 
-    def step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def core(
+        self, words: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One word for B*K rows (K consecutive rows per item): attend with the previous hidden state,
         gate the context, advance the LSTM."""
         h, c = state  # (B*K, H) each
         context, alpha = self.attention(memory, h)  # (B*K, C), (B*K, N)
         context = torch.sigmoid(self.gate(h)) * context  # (B*K, C)
-        h, c = self.lstm(torch.cat([self.embedding(tokens), context], dim=1), (h, c))  # (B*K, H) each
-        logits = self.output(self.dropout(h))  # (B*K, V)
-        return logits, (h, c), alpha
+        h, c = self.lstm(torch.cat([words, context], dim=1), (h, c))  # (B*K, H) each
+        return h, (h, c), alpha
 
     def beam_step(
         self, tokens: torch.Tensor, state: State, parents: Parents, memory: Memory
@@ -61,22 +67,28 @@ class AttentionLSTMDecoder(DecoderBase):
         h, c = state[0].index_select(0, parents.rows), state[1].index_select(0, parents.rows)  # (P, H) each
         hidden = torch.addmm(weights.hidden_bias, h, weights.hidden_weight.t())  # (P, A+C+4H)
         query, context_gate, gates = hidden.split(weights.hidden_sizes, dim=1)  # (P, A), (P, C), (P, 4H)
-        gate = torch.sigmoid_(memory.keys.index_select(0, parents.items).add_(query.unsqueeze(1)))  # (P, N, A)
+        gate = torch.sigmoid_(  # (P, N, A)
+            memory.keys.index_select(0, parents.items).add_(query.unsqueeze(1)))
         scores = self.attention.scores(gate)  # (P, N)
         if memory.mask is not None:
-            scores = scores.masked_fill(~memory.mask.index_select(0, parents.items), torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~memory.mask.index_select(0, parents.items),
+                                        torch.finfo(scores.dtype).min)
         alpha = scores.softmax(dim=-1)  # (P, N)
         # A parent's slot is unique within its item, so all parents read the memory in one batched matmul.
         slots = alpha.new_zeros(B, K, N)  # (B, K, N)
         slots[parents.items, parents.slots] = alpha
-        context = torch.bmm(slots.to(memory.features.dtype), memory.features)[parents.items, parents.slots]  # (P, C)
+        context = torch.bmm(  # (P, C)
+            slots.to(memory.features.dtype), memory.features)[parents.items, parents.slots]
         context = torch.sigmoid_(context_gate) * context  # (P, C)
         gates = torch.addmm(gates, context, weights.context_weight.t())  # (P, 4H)
-        gates = gates.index_select(0, parents.of_beam).add_(weights.word_gates.index_select(0, tokens))  # (b*K, 4H)
+        gates = gates.index_select(0, parents.of_beam).add_(  # (b*K, 4H)
+            weights.word_gates.index_select(0, tokens))
         i, f, g, o = gates.chunk(4, dim=1)  # (b*K, H) each; nn.LSTMCell's order and arithmetic
-        c = (torch.sigmoid_(f) * c.index_select(0, parents.of_beam)).add_(torch.sigmoid_(i) * torch.tanh_(g))  # (b*K, H)
+        c = (torch.sigmoid_(f) * c.index_select(0, parents.of_beam)).add_(  # (b*K, H)
+            torch.sigmoid_(i) * torch.tanh_(g))
         h = torch.sigmoid_(o) * torch.tanh(c)  # (b*K, H)
-        return self.output(h), (h, c), alpha.index_select(0, parents.of_beam)  # (b*K, V), (b*K, H) x2, (b*K, N)
+        return (self.output(h), (h, c),  # (b*K, V), (b*K, H) x2
+                alpha.index_select(0, parents.of_beam))  # (b*K, N)
 
 
 @dataclass

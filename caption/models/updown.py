@@ -10,29 +10,29 @@ and both LSTMs start from zeros. State: (h_att, c_att, h_lang, c_lang).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from caption.config import DecoderConfig
-from caption.models.base import AdditiveAttention, DecoderBase, Memory, State, masked_mean
+from caption.models.base import AdditiveAttention, AttentionConfig, DecoderBase, Memory, State, masked_mean
+from caption.models.registry import register_decoder
 
 
+@dataclass
+class UpDownConfig(AttentionConfig):
+    type: str = "updown"
+
+
+@register_decoder("updown", UpDownConfig, title="Up-Down, top-down attention")
 class UpDownDecoder(DecoderBase):
-    def __init__(self, vocab_size: int, feature_dim: int, cfg: DecoderConfig):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.feature_dim = feature_dim
+    def build_core(self, cfg: UpDownConfig) -> None:
         H = cfg.hidden_dim
-        self.embed_features = nn.Sequential(nn.Linear(feature_dim, H), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.embedding = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embed_features = nn.Sequential(nn.Linear(self.feature_dim, H), nn.ReLU(),
+                                            nn.Dropout(cfg.dropout))
         self.attention_lstm = nn.LSTMCell(H + H + cfg.embed_dim, H)  # [h_lang, mean feature, word]
         self.attention = AdditiveAttention(H, H, cfg.attention_dim)
         self.language_lstm = nn.LSTMCell(H + H, H)  # [attended feature, h_att]
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.output = nn.Linear(H, vocab_size)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.uniform_(self.output.weight, -0.1, 0.1)
-        nn.init.zeros_(self.output.bias)
 
     def init_state(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Memory, State]:
         embedded = self.embed_features(features)  # (B, N, H)
@@ -43,12 +43,15 @@ class UpDownDecoder(DecoderBase):
         zeros = mean.new_zeros(mean.shape[0], self.language_lstm.hidden_size)  # (B, H)
         return memory, (zeros, zeros, zeros, zeros)
 
-    def step(self, tokens: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def core(
+        self, words: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One word for B*K rows (K consecutive rows per item)."""
         h_att, c_att, h_lang, c_lang = state  # (B*K, H) each
-        mean = memory.rows(tokens.shape[0] // memory.items)  # (B*K, H)
-        h_att, c_att = self.attention_lstm(torch.cat([h_lang, mean, self.embedding(tokens)], dim=1), (h_att, c_att))
+        mean = memory.rows(words.shape[0] // memory.items)  # (B*K, H)
+        h_att, c_att = self.attention_lstm(  # (B*K, H) x2
+            torch.cat([h_lang, mean, words], dim=1), (h_att, c_att))
         context, alpha = self.attention(memory, h_att)  # (B*K, H), (B*K, N): top-down, from this step's h_att
-        h_lang, c_lang = self.language_lstm(torch.cat([context, h_att], dim=1), (h_lang, c_lang))  # (B*K, H) each
-        logits = self.output(self.dropout(h_lang))  # (B*K, V)
-        return logits, (h_att, c_att, h_lang, c_lang), alpha
+        h_lang, c_lang = self.language_lstm(  # (B*K, H) x2
+            torch.cat([context, h_att], dim=1), (h_lang, c_lang))
+        return h_lang, (h_att, c_att, h_lang, c_lang), alpha

@@ -33,6 +33,7 @@ from caption.config import DecodingConfig, setting_label
 from caption.data.images import load_image
 from caption.data.video import Frames, is_video, read_frames
 from caption.errors import ErrorKind, ImageLoadError, ParameterError
+from caption.models.registry import DECODERS
 from caption.serving.batcher import MicroBatcher
 from caption.serving.heatmaps import video_word_heatmaps, word_heatmaps
 from caption.serving.uploads import UploadJanitor
@@ -74,6 +75,7 @@ class CaptionService:
         self.decoding_limits = {"beam_size": self.limits.max_beam_size, "max_length": self.limits.max_length}
         # The page's controls and the /caption API's settings after the file: every public decoding setting.
         self.setting_names = [f.name for f in DecodingConfig.public_fields()]
+        self.decoder_name = DECODERS[captioner.model.decoder_cfg.type].title  # how the page names it
         self.batcher: MicroBatcher[Job, dict[str, Any]] = MicroBatcher(self.caption_jobs,
                                                                        self.limits.max_batch_size)
         self.janitor: UploadJanitor | None = None  # set by build_app, which knows where Gradio keeps uploads
@@ -242,8 +244,8 @@ def build_app(
     # go) and deleted the examples' copies too; the janitor (set below) cleans instead.
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}\nUpload a photo or a video: the model writes a caption and shows where it "
-                    "looked for each word (Show, Attend and Tell). A video is captioned from frames sampled "
-                    "across it.")
+                    f"looked for each word ({service.decoder_name}). A video is captioned from frames "
+                    "sampled across it.")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Photo (JPEG, PNG, WebP, ...) or video (mp4, avi, webm, mov, mkv)",

@@ -53,7 +53,7 @@ class SelfCritical:
         decoding = cfg.decoding
         B, K = inputs.shape[0], decoding.samples
         with torch.no_grad(), self.autocast():
-            features = self.model.memory(inputs)  # (B, N, C)
+            features = self.model.decoder_features(inputs)  # (B, N, C)
             samples = sample(self.model.decoder, features, None, decoding, special)  # (B*K, T)
             greedy = (beam_search(self.model.decoder, features, None, replace(decoding, beam_size=1), special)
                       if cfg.baseline == "greedy" else None)

@@ -79,11 +79,13 @@ def load_items(limit: int = 2000):
     """Real Flickr8k train images and captions (the first ``limit`` images)."""
     root = DATA / "flickr8k"
     with tempfile.TemporaryDirectory() as tmp:
-        written = convert_flickr8k(root / "Flickr8k.token.txt", {"train": root / "Flickr_8k.trainImages.txt"}, tmp)
+        written = convert_flickr8k(root / "Flickr8k.token.txt", {"train": root / "Flickr_8k.trainImages.txt"},
+                                   tmp)
         split = read_caption_set(written["train"], root / "images")
     split = split.subset(list(range(min(limit, len(split)))))
     vocab = Vocabulary.build(split.all_captions(), min_count=5)
-    items = [(i, [vocab.encode(t) for t in split.captions[image_id]]) for i, image_id in enumerate(split.image_ids)]
+    items = [(i, [vocab.encode(t) for t in split.captions[image_id]])
+             for i, image_id in enumerate(split.image_ids)]
     return split, vocab, items
 
 
@@ -93,6 +95,7 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
     split, vocab, items = load_items()
     encoder = ImageEncoder(EncoderConfig()).to(device).eval()
     decoder = AttentionLSTMDecoder(len(vocab), encoder.feature_dim, SatConfig()).to(device).train()
+    # A bare decoder, as the tutorial trains it: no CaptionModel here, so no CaptionModel.parameter_groups.
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=4e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -109,7 +112,8 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
 
         def next_batch():
             rows = rng.choice(len(items), size=batch, replace=False)
-            loaded = [(torch.from_numpy(np.asarray(features[items[r][0]], dtype=np.float32)), items[r][1]) for r in rows]
+            loaded = [(torch.from_numpy(np.asarray(features[items[r][0]], dtype=np.float32)), items[r][1])
+                      for r in rows]
             memory, captions, index = collate_items(loaded)
             return memory.to(device), captions.to(device), index.to(device)
     else:
@@ -148,7 +152,8 @@ def run_case(name: str, steps: int, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
-    return {"case": name, "captions_per_s": captions / elapsed, "peak_mb": peak_memory_mb(device), "steps": steps}
+    return {"case": name, "captions_per_s": captions / elapsed, "peak_mb": peak_memory_mb(device),
+            "steps": steps}
 
 
 def run_scst_case(name: str, steps: int, device: torch.device) -> dict:
@@ -159,17 +164,21 @@ def run_scst_case(name: str, steps: int, device: torch.device) -> dict:
     split, _, _ = load_items(256)
     items = image_captions(split, vocab)
     features = torch.cat([model.encode(images.to(device)).float().detach()
-                          for _, images, _ in iter_image_batches([str(p) for p in split.paths()], ImageTransform(
-                              224, model.encoder_cfg.mean, model.encoder_cfg.std), device=device, batch_size=64)])
+                          for _, images, _ in iter_image_batches(
+                              [str(p) for p in split.paths()],
+                              ImageTransform(224, model.encoder_cfg.mean, model.encoder_cfg.std),
+                              device=device, batch_size=64)])
     dtype = {"bf16": torch.bfloat16}.get(precision)
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    scst = SelfCritical(model, model, vocab, ScstConfig(baseline=objective if objective != "xent" else "mean"),
+    scst = SelfCritical(model, model, vocab,
+                        ScstConfig(baseline=objective if objective != "xent" else "mean"),
                         [captions for _, captions in items], autocast)
     model.train(objective == "xent")  # as the trainer: SCST samples and re-scores without dropout
-    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=5e-5, weight_decay=0)
+    # As the trainer: the memory positions and the decoder (the shipped encoder is frozen).
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr=5e-5, encoder_lr=5e-5), weight_decay=0)
     totals = {"reward_time_s": 0.0, "sampled": 0}
 
     def step() -> None:
@@ -182,11 +191,11 @@ def run_scst_case(name: str, steps: int, device: torch.device) -> dict:
             loss, _ = caption_loss(logits, alphas, captions)
         else:
             loss, stats = scst.loss(inputs, captions, index)
-            totals["reward_time_s"] += stats["reward_time_s"]
-            totals["sampled"] += stats["captions"]
+            totals["reward_time_s"] += stats.seconds["reward_time_s"]
+            totals["sampled"] += stats.captions
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
     for _ in range(3):
@@ -215,16 +224,14 @@ def run_finetune_case(name: str, steps: int, device: torch.device) -> dict:
     encoder_cfg = EncoderConfig(name=encoder_name, weights=LITE_PACKAGES[encoder_name], image_size=size,
                                 grid_size=grid, finetune_stages=stages)
     model = CaptionModel(encoder_cfg, SatConfig(), len(vocab)).to(device).train()
-    groups = [{"params": [*model.positions.parameters(), *model.decoder.parameters()], "lr": 4e-4}]
-    if stages:
-        groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": 1e-4})
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr=4e-4, encoder_lr=1e-4))
     transform = ImageTransform(size, model.encoder_cfg.mean, model.encoder_cfg.std)
     if not stages:  # what the feature cache holds: encoded once, before training
         with torch.no_grad():
             cached = torch.cat([model.encode(images.to(device)).float()
-                                for _, images, _ in iter_image_batches([str(p) for p in split.paths()], transform,
-                                                                       device=device, batch_size=32)])
+                                for _, images, _ in iter_image_batches([str(p) for p in split.paths()],
+                                                                       transform, device=device,
+                                                                       batch_size=32)])
     order = iter(rng.permutation(len(items)).reshape(-1, batch))
 
     def step() -> None:
@@ -252,13 +259,15 @@ def run_finetune_case(name: str, steps: int, device: torch.device) -> dict:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     images_per_s = batch * steps / elapsed
-    return {"case": name, "images_per_s": images_per_s, "epoch_min": FLICKR8K_TRAIN_PHOTOS / images_per_s / 60,
+    return {"case": name, "images_per_s": images_per_s,
+            "epoch_min": FLICKR8K_TRAIN_PHOTOS / images_per_s / 60,
             "trainable_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
             "peak_mb": peak_memory_mb(device), "steps": steps}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per case")
     parser.add_argument("--tables", nargs="+", choices=["decoder", "scst", "finetune"],
                         default=["decoder", "scst", "finetune"])
@@ -269,13 +278,16 @@ def main() -> int:
         print(json.dumps(runner(args.case, args.steps, device)))
         return 0
     if not (DATA / "flickr8k" / "Flickr8k.token.txt").is_file():
-        print(f"needs the Flickr8k captions and photos under {DATA}/flickr8k (set CAPTION_DATA)", file=sys.stderr)
+        print(f"needs the Flickr8k captions and photos under {DATA}/flickr8k (set CAPTION_DATA)",
+              file=sys.stderr)
         return 2
     def run_all(names: list[str]) -> list[dict]:
-        return [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)]) for name in names]
+        return [run_isolated(__file__, name, ["--steps", str(args.steps), "--device", str(device)])
+                for name in names]
 
     if "decoder" in args.tables:
-        rows = run_all([n for n, (_, _, precision) in CASES.items() if device.type == "cuda" or precision == "fp32"])
+        rows = run_all([n for n, (_, _, precision) in CASES.items()
+                        if device.type == "cuda" or precision == "fp32"])
         base = rows[0]["captions_per_s"]
         for row in rows:
             row["vs_baseline"] = f"{row['captions_per_s'] / base:.1f}x"
@@ -288,13 +300,15 @@ def main() -> int:
                    ("vs baseline", "vs_baseline"), ("vs reference", "vs_reference")],
         )
     if "scst" in args.tables:
-        rows = run_all([n for n, (_, _, precision) in SCST_CASES.items() if device.type == "cuda" or precision == "fp32"])
+        rows = run_all([n for n, (_, _, precision) in SCST_CASES.items()
+                        if device.type == "cuda" or precision == "fp32"])
         base = rows[0]["images_per_s"]
         for row in rows:
             row["vs_xent"] = f"{row['images_per_s'] / base:.2f}x"
         print_table(
-            f"Self-critical training against cross-entropy on {device} ({machine()}): the shipped model, real "
-            "features; SCST samples 5 captions per image (max 16 words) and re-scores them with teacher forcing",
+            f"Self-critical training against cross-entropy on {device} ({machine()}): "
+            "the shipped model, real features; SCST samples 5 captions per image (max 16 words) "
+            "and re-scores them with teacher forcing",
             rows, [("case", "case"), ("images/s", "images_per_s"), ("captions sampled/s", "sampled_per_s"),
                    ("reward time share", "reward_share"), ("peak memory MB", "peak_mb"),
                    ("vs cross-entropy", "vs_xent")],
@@ -305,7 +319,8 @@ def main() -> int:
             frozen = next(r for r in rows if r["case"].split(",")[0] == row["case"].split(",")[0])
             row["vs_frozen"] = f"{row['images_per_s'] / frozen['images_per_s']:.2f}x"
         print_table(
-            f"Fine-tuning the last encoder stages on {device} ({machine()}): 16 real photos (80 captions) a step, "
+            f"Fine-tuning the last encoder stages on {device} ({machine()}): "
+            "16 real photos (80 captions) a step, "
             f"decoder 512; an epoch is the {FLICKR8K_TRAIN_PHOTOS:,} Flickr8k train photos",
             rows, [("case", "case"), ("photos/s", "images_per_s"), ("minutes per epoch", "epoch_min"),
                    ("trainable M params", "trainable_m"), ("peak memory MB", "peak_mb"),

@@ -24,6 +24,15 @@ class CaptionModel(nn.Module):
     def encoder_cfg(self) -> EncoderConfig:
         return self.encoder.cfg
 
+    def parameter_groups(self, lr: float, encoder_lr: float) -> list[dict]:
+        """The optimiser's parameter groups: the memory positions and the decoder at ``lr``, then the
+        encoder's trainable parameters (encoder.finetune_stages), if any, at ``encoder_lr``."""
+        groups = [{"params": [*self.positions.parameters(), *self.decoder.parameters()], "lr": lr}]
+        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": encoder_lr})
+        return groups
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) to (B, N, C); videos (B, F, 3, S, S) to (B, F*N, C), frame after frame."""
         if images.ndim == 5:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from caption.evaluation.degenerate import is_degenerate
 from caption.models.captioner import CaptionModel
 from caption.training.losses import scst_loss
 from caption.training.rewards import CiderD
+from caption.training.stats import StepStats
 
 
 def hallucinated_objects(words: list[str], truth: set[str]) -> int:
@@ -41,14 +41,17 @@ class SelfCritical:
         # Document frequencies from every training reference as the decoder sees them (vocabulary words,
         # <unk> for rare ones): the corpus mode of self-critical.pytorch's CiderD.
         eos = vocab.words[vocab.eos_id] if cfg.eos_in_reward else None
-        self.reward = CiderD([[self.words(tokens) for tokens in refs] for refs in training_references], eos=eos)
+        self.reward = CiderD([[self.words(tokens) for tokens in refs] for refs in training_references],
+                             eos=eos)
 
     def words(self, tokens) -> list[str]:
         return self.vocab.decode(tokens).split()
 
-    def loss(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(self, inputs: torch.Tensor, captions: torch.Tensor,
+             item_index: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
         """``inputs`` (B, ...) features or images, their reference ``captions`` (M, L) and the row of each
-        (M,). Returns the loss and the step's statistics (per sampled caption; ``reward_time_s`` summed)."""
+        (M,). Returns the loss and the step's statistics: means over the B*K sampled captions, and the
+        seconds spent computing rewards (``reward_time_s``)."""
         cfg, special = self.cfg, self.vocab.special
         decoding = cfg.decoding
         B, K = inputs.shape[0], decoding.samples
@@ -65,18 +68,24 @@ class SelfCritical:
         keys = [tuple(map(tuple, refs)) for refs in references]  # names each image's references for the cache
         candidates = [[self.vocab.words[t] for t in samples.words(r)] for r in range(B * K)]
         owner = [r // K for r in range(B * K)]
-        rewards = self.reward.scores(candidates, [references[i] for i in owner], [keys[i] for i in owner])  # (B*K,)
+        rewards = self.reward.scores(candidates, [references[i] for i in owner],  # (B*K,)
+                                     [keys[i] for i in owner])
         degenerate = np.array([is_degenerate(words) for words in candidates], dtype=np.float64)  # (B*K,)
         rewards = rewards - cfg.degenerate_penalty * degenerate
         truth = [image_objects(" ".join(words) for words in refs) for refs in references]
-        hallucinated = np.array([hallucinated_objects(words, truth[i]) for words, i in zip(candidates, owner)],
+        hallucinated = np.array([hallucinated_objects(words, truth[i])
+                                 for words, i in zip(candidates, owner)],
                                 dtype=np.float64)  # (B*K,) wrong objects named by each sample
         rewards = rewards - cfg.hallucination_penalty * hallucinated
         if greedy is not None:
             greedy_words = [[self.vocab.words[t] for t in beams[0].tokens] for beams in greedy]
-            greedy_rewards = self.reward.scores(greedy_words, references, keys) - cfg.degenerate_penalty * np.array(
-                [is_degenerate(words) for words in greedy_words], dtype=np.float64) - cfg.hallucination_penalty * np.array(
-                [hallucinated_objects(words, truth[i]) for i, words in enumerate(greedy_words)], dtype=np.float64)  # (B,)
+            greedy_rewards = (  # (B,)
+                self.reward.scores(greedy_words, references, keys)
+                - cfg.degenerate_penalty * np.array([is_degenerate(words) for words in greedy_words],
+                                                    dtype=np.float64)
+                - cfg.hallucination_penalty * np.array(
+                    [hallucinated_objects(words, truth[i]) for i, words in enumerate(greedy_words)],
+                    dtype=np.float64))
             baseline = np.repeat(greedy_rewards, K)  # (B*K,)
         else:  # the mean reward of the image's other samples
             per_item = rewards.reshape(B, K)  # (B, K)
@@ -88,9 +97,9 @@ class SelfCritical:
         sample_index = torch.arange(B, device=inputs.device).repeat_interleave(K)  # (B*K,)
         with self.autocast():
             logits, _ = self.forward(inputs, sampled, sample_index)  # (B*K, T, V)
-        loss = scst_loss(sampling_log_probs(logits, decoding, special), sampled, advantages, pad_id=special.pad)
-        return loss, {
-            "captions": B * K,
+        loss = scst_loss(sampling_log_probs(logits, decoding, special), sampled, advantages,
+                         pad_id=special.pad)
+        return loss, StepStats(B * K, means={
             "reward": float(rewards.mean()),
             "baseline": float(baseline.mean()),
             "entropy": float(samples.entropy),
@@ -98,5 +107,4 @@ class SelfCritical:
             "sample_length": float(samples.lengths.float().mean()),
             "degenerate": float(degenerate.mean()),
             "hallucinated": float((hallucinated > 0).mean()),
-            "reward_time_s": reward_seconds,
-        }
+        }, seconds={"reward_time_s": reward_seconds})

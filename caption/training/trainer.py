@@ -9,8 +9,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from caption.training import checkpoint as ckpt
 from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from caption.training.losses import caption_loss
 from caption.training.scst import SelfCritical
+from caption.training.stats import EpochStats, StepStats
 from caption.utils.io import atomic_write_json, atomic_write_text, read_json
 from caption.utils.logging import logger
 from caption.utils.runtime import peak_memory_mb
@@ -69,7 +71,8 @@ class Precision:
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """GPU: bf16 autocast where supported, else fp16 with a gradient scaler. CPU: fp32 (bf16 is slow there)."""
+    """GPU: bf16 autocast where supported, else fp16 with a gradient scaler.
+    CPU: fp32 (bf16 is slow there)."""
     if device.type != "cuda":
         if requested in ("bf16", "fp16"):
             logger.warning("train.precision=%s ignored on CPU: training in fp32", requested)
@@ -95,18 +98,33 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: flo
     return factor
 
 
-def _check_init_model(directory: Path, config: Config) -> None:
-    """The model to start from must have the architecture the config asks for (encoder fine-tuning may differ)."""
-    meta = read_json(directory / CONFIG_FILE, "model config")
-    wanted = {"encoder": asdict(config.encoder), "decoder": asdict(config.decoder)}
-    for section, fields in wanted.items():
-        for key, value in fields.items():
-            saved = meta.get(section, {}).get(key, value)
-            if key == "finetune_stages" or (section == "encoder" and value == RESOLVED_ENCODER_FIELDS.get(key)):
+def _check_same_config(saved: dict[str, Any], current: dict[str, Any], fields: dict[str, Any],
+                       message: Callable[[str, str, Any, Any], str], ignore: tuple[str, ...] = ()) -> None:
+    """Raise ``ConfigError(message(section, key, saved value, current value))`` at the first of ``fields``
+    (section: its keys, None for all) where the two config dicts differ. Skipped: the ``ignore``d
+    "section.key"s, encoder fields left unset (resolved from the weights as before), keys ``saved`` lacks."""
+    for section, keys in fields.items():
+        for key in keys or current[section]:
+            value = current[section][key]
+            resolved = section == "encoder" and key in RESOLVED_ENCODER_FIELDS
+            if f"{section}.{key}" in ignore or (resolved and value == RESOLVED_ENCODER_FIELDS[key]):
                 continue
-            if saved != value:
-                raise ConfigError(f"train.init_from={directory}: its {section}.{key} is {saved!r} but this config "
-                                  f"says {value!r}; set {section}.{key}={saved!r} to start from that model")
+            before = saved.get(section, {}).get(key, value)
+            if before != value:
+                raise ConfigError(message(section, key, before, value))
+
+
+def _check_init_model(directory: Path, config: Config) -> None:
+    """The model to start from must have the architecture the config asks for (its encoder.finetune_stages
+    may differ)."""
+    _check_same_config(
+        read_json(directory / CONFIG_FILE, "model config"), config.to_dict(),
+        {"encoder": None, "decoder": None},
+        lambda section, key, saved, value: (
+            f"train.init_from={directory}: its {section}.{key} is {saved!r} but this config says {value!r}; "
+            f"set {section}.{key}={saved!r} to start from that model"),
+        ignore=("encoder.finetune_stages",),
+    )
 
 
 def _check_one_kind(items: list[DataSetConfig], splits: list[CaptionSet]) -> None:
@@ -115,7 +133,8 @@ def _check_one_kind(items: list[DataSetConfig], splits: list[CaptionSet]) -> Non
     if len(set(kinds.values())) > 1:
         videos = [name for name, video in kinds.items() if video]
         images = [name for name, video in kinds.items() if not video]
-        raise ConfigError(f"data.train mixes video sets ({', '.join(videos)}) with image sets ({', '.join(images)}): "
+        raise ConfigError(f"data.train mixes video sets ({', '.join(videos)}) "
+                          f"with image sets ({', '.join(images)}): "
                           "train a video model and an image model in separate runs")
 
 
@@ -146,17 +165,12 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
     if not saved_file.is_file():
         return
     saved = config_from_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8"))).to_dict()
-    current = config.to_dict()
-    for section, keys in FIXED_ON_RESUME.items():
-        for key in keys or current[section]:
-            value = current[section][key]
-            if section == "encoder" and key in RESOLVED_ENCODER_FIELDS and value == RESOLVED_ENCODER_FIELDS[key]:
-                continue
-            if saved[section].get(key) != value:
-                raise ConfigError(
-                    f"cannot resume {run_dir}: {section}.{key} is {value!r} now but was {saved[section].get(key)!r}; "
-                    "resume with the run's own config.yaml or start a new output_dir"
-                )
+    _check_same_config(
+        saved, config.to_dict(), FIXED_ON_RESUME,
+        lambda section, key, before, value: (
+            f"cannot resume {run_dir}: {section}.{key} is {value!r} now but was {before!r}; "
+            "resume with the run's own config.yaml or start a new output_dir"),
+    )
 
 
 class Trainer:
@@ -182,14 +196,29 @@ class Trainer:
         _seed_everything(config.train.seed + self.info.rank)
         self.device = self.info.device
         self.precision = resolve_precision(config.train.precision, self.device)
-        self._build_data_and_model()
+        # In this order: creating the model draws from the global RNG (and a resumed run must draw as before).
+        self._read_train_sets()
+        self._build_vocab()
+        self._read_val_sets()
+        self._build_model()
+        self._build_datasets()
+        self._build_loader()
+        self._build_optimizer()
+        self._build_objective()
+        self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None}
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
 
     # ----------------------------------------------------------------------------------------- set-up
-    def _build_data_and_model(self) -> None:
-        cfg, info = self.config, self.info
-        self.train_cfgs = cfg.data.train_sets()
+    def _read_train_sets(self) -> None:
+        """The training caption sets (data.train), all of images or all of videos."""
+        self.train_cfgs = self.config.data.train_sets()
         self.train_sets = [read_caption_set(item.annotations, item.images) for item in self.train_cfgs]
         _check_one_kind(self.train_cfgs, self.train_sets)
+
+    def _build_vocab(self) -> None:
+        """The vocabulary: the resumed run's, the train.init_from model's, or one built from the captions."""
+        cfg = self.config
         self.init_from = None
         if cfg.train.init_from and self.resume_from is None:
             self.init_from = resolve_run_dir(cfg.train.init_from)
@@ -199,62 +228,83 @@ class Trainer:
         elif self.init_from is not None:
             self.vocab = Vocabulary.load(self.init_from / VOCAB_FILE)
         else:  # one vocabulary over the union: min_word_count counts a word over every set's captions
-            self.vocab = Vocabulary.build([text for split in self.train_sets for text in split.all_captions()],
-                                          cfg.data.min_word_count, cfg.data.max_caption_length)
+            texts = [text for split in self.train_sets for text in split.all_captions()]
+            self.vocab = Vocabulary.build(texts, cfg.data.min_word_count, cfg.data.max_caption_length)
+
+    def _read_val_sets(self) -> None:
+        """The dev splits to validate on (data.val), cut to data.max_val_images; none if validation is off."""
+        cfg = self.config
         self.val_cfgs = cfg.data.val_sets() if cfg.val.every_epochs else []
         self.val_sets: dict[str, CaptionSet] = {}
         if cfg.val.every_epochs and not self.val_cfgs:
-            raise ConfigError("config field 'data.val_annotations' is empty but validation is on (val.every_epochs > 0): "
-                              "name a dev split there, or several as data.val")
+            raise ConfigError("config field 'data.val_annotations' is empty but validation is on "
+                              "(val.every_epochs > 0): name a dev split there, or several as data.val")
         for item in self.val_cfgs:
             split = read_caption_set(item.annotations, item.images or self.train_cfgs[0].images)
             if cfg.data.max_val_images and cfg.data.max_val_images < len(split):
                 split = split.subset(list(range(cfg.data.max_val_images)))
             self.val_sets[item.name] = split
+
+    def _build_model(self) -> None:
+        """The model on its device, with the train.init_from model's weights if there is one."""
+        cfg = self.config
         self.model = CaptionModel(cfg.encoder, cfg.decoder, len(self.vocab)).to(self.device)
         if self.init_from is not None:
             load_weights(self.model, self.init_from)
             logger.info("starting from the weights of %s", self.init_from)
+
+    def _encode_features(self) -> dict[tuple[str, Any], CachedFeatures | None]:
+        """Every train and val split's features from the frozen encoder, through the feature cache."""
+        cfg, info = self.config, self.info
+        cache = FeatureCache(cfg.train.cache_dir, self.model.encoder, frames=cfg.data.num_frames)
+        splits = {("train", i): split for i, split in enumerate(self.train_sets)}
+        splits.update({("val", name): split for name, split in self.val_sets.items()})
+        paths = {key: [str(p) for p in split.paths()] for key, split in splits.items()}
+        built: dict[tuple[str, Any], CachedFeatures | None] = {}
+        if info.is_main:  # rank 0 encodes while the others wait at the barrier, then they read its files
+            built = {key: cache.get_or_build(files, device=self.device, batch_size=cfg.val.batch_size,
+                                             num_workers=cfg.train.num_workers)
+                     for key, files in paths.items()}
+        barrier(info)
+        if not info.is_main:
+            built = {key: cache.load(files) for key, files in paths.items()}
+        if any(built[("train", i)] is None for i in range(len(self.train_sets))):
+            raise FileNotFoundError(
+                f"rank {info.rank} cannot read the feature cache that rank 0 built in {cache.dir}: "
+                "on several nodes, train.cache_dir and the images must be on a file system "
+                "that every node shares"
+            )
+        return built
+
+    def _build_datasets(self) -> None:
+        """The training datasets: rows of the feature cache when the encoder is frozen, else the images."""
+        cfg = self.config
         self.use_cache = cfg.train.cache_features and self.model.encoder.frozen
         self.val_features: dict[str, CachedFeatures | None] = {}
+        self.train_datasets: list[FeatureCaptionDataset | ImageCaptionDataset] = []
         if self.use_cache:
-            cache = FeatureCache(cfg.train.cache_dir, self.model.encoder, frames=cfg.data.num_frames)
-            splits = {("train", i): split for i, split in enumerate(self.train_sets)}
-            splits.update({("val", name): split for name, split in self.val_sets.items()})
-            paths = {key: [str(p) for p in split.paths()] for key, split in splits.items()}
-            built: dict[tuple[str, Any], CachedFeatures | None] = {}
-            if info.is_main:  # rank 0 encodes while the others wait at the barrier, then they read its files
-                built = {key: cache.get_or_build(files, device=self.device, batch_size=cfg.val.batch_size,
-                                                 num_workers=cfg.train.num_workers)
-                         for key, files in paths.items()}
-            barrier(info)
-            if not info.is_main:
-                built = {key: cache.load(files) for key, files in paths.items()}
-            if any(built[("train", i)] is None for i in range(len(self.train_sets))):
-                raise FileNotFoundError(
-                    f"rank {info.rank} cannot read the feature cache that rank 0 built in {cache.dir}: on several "
-                    "nodes, train.cache_dir and the images must be on a file system that every node shares"
-                )
+            built = self._encode_features()
             self.val_features = {name: built[("val", name)] for name in self.val_sets}
-            self.train_datasets: list[FeatureCaptionDataset | ImageCaptionDataset] = []
             for i, split in enumerate(self.train_sets):
                 features = built[("train", i)]
                 self.train_datasets.append(FeatureCaptionDataset(
                     features.features, image_captions(split, self.vocab, features.valid)))
-            workers = 0  # rows come straight from the page cache; worker start-up costs more than it saves
         else:
-            transform = ImageTransform(cfg.encoder.image_size, self.model.encoder_cfg.mean, self.model.encoder_cfg.std)
+            encoder_cfg = self.model.encoder_cfg
+            transform = ImageTransform(cfg.encoder.image_size, encoder_cfg.mean, encoder_cfg.std)
             if cfg.data.num_frames:
                 transform = VideoTransform(transform, cfg.data.num_frames)
             self.train_datasets = [ImageCaptionDataset(split, image_captions(split, self.vocab), transform)
                                    for split in self.train_sets]
-            workers = default_num_workers(self.device) if cfg.train.num_workers is None else cfg.train.num_workers
         self.train_data = ConcatDataset(self.train_datasets)
         if len(self.train_data) == 0:
-            raise ValueError(f"{', '.join(item.annotations for item in self.train_cfgs)}: no training images left "
-                             "after skipping unreadable ones")
+            raise ValueError(f"{', '.join(item.annotations for item in self.train_cfgs)}: no training images "
+                             "left after skipping unreadable ones")
 
-        if len(self.train_cfgs) == 1 and self.train_cfgs[0].weight == 1.0:  # the order runs before data mixing had
+    def _build_loader(self) -> None:
+        """The resumable sampler (mixing the sets by weight), the loader and the number of steps."""
+        cfg, info = self.config, self.info
+        if len(self.train_cfgs) == 1 and self.train_cfgs[0].weight == 1.0:  # the order before data mixing
             self.sampler = ResumableDistributedSampler(
                 self.train_data, num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed
             )
@@ -263,6 +313,9 @@ class Trainer:
                 [len(data) for data in self.train_datasets], [item.weight for item in self.train_cfgs],
                 num_replicas=info.world_size, rank=info.rank, seed=cfg.train.seed,
             )
+        workers = default_num_workers(self.device) if cfg.train.num_workers is None else cfg.train.num_workers
+        if self.use_cache:  # rows come straight from the page cache; worker start-up costs more than it saves
+            workers = 0
         self.loader = DataLoader(
             self.train_data, batch_size=cfg.train.batch_size, sampler=self.sampler, num_workers=workers,
             collate_fn=collate_items, pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -273,27 +326,28 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        decoder_params = [*self.model.positions.parameters(), *self.model.decoder.parameters()]
-        groups = [{"params": decoder_params, "lr": cfg.train.lr}]
-        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        if encoder_params:
-            groups.append({"params": encoder_params, "lr": cfg.train.encoder_lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+    def _build_optimizer(self) -> None:
+        """AdamW over the model's parameter groups, its warm-up and decay schedule, fp16's gradient scaler."""
+        cfg = self.config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.lr, cfg.encoder_lr),
+                                           weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lr_lambda(cfg.train.warmup_steps, self.total_steps, cfg.train.schedule, cfg.train.min_lr_ratio),
+            self.optimizer, lr_lambda(cfg.warmup_steps, self.total_steps, cfg.schedule, cfg.min_lr_ratio),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
-        self.forward = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if info.enabled else self.model
-        )
-        self.scst = (SelfCritical(self.model, self.forward, self.vocab, cfg.scst,
-                                  [captions for data in self.train_datasets for _, captions in data.items], self._autocast)
-                     if cfg.train.objective == "scst" else None)
-        self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": None}
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
+
+    def _build_objective(self) -> None:
+        """What the gradient flows through (the model, or its DDP wrapper under torchrun), and SCST's loss."""
+        cfg = self.config
+        self.forward: nn.Module = self.model
+        if self.info.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.scst = None
+        if cfg.train.objective == "scst":
+            references = [captions for data in self.train_datasets for _, captions in data.items]
+            self.scst = SelfCritical(self.model, self.forward, self.vocab, cfg.scst, references,
+                                     self._autocast)
 
     def _restore(self, checkpoint: Path) -> None:
         load_weights(self.model, checkpoint)
@@ -327,7 +381,8 @@ class Trainer:
         target = ckpt.save_checkpoint(
             self.run_dir, name, model=self.model, vocab=self.vocab, optimizer=self.optimizer,
             scheduler=self.scheduler, scaler=self.scaler, progress=dict(self.progress), rng_states=rng,
-            model_extra={"trained_on": [item.annotations for item in self.train_cfgs], "progress": dict(self.progress)},
+            model_extra={"trained_on": [item.annotations for item in self.train_cfgs],
+                         "progress": dict(self.progress)},
             best=best,
         )
         ckpt.prune_checkpoints(self.run_dir)
@@ -359,7 +414,8 @@ class Trainer:
                 if cfg.val.every_epochs and (epoch + 1) % cfg.val.every_epochs == 0:
                     record["val"] = self._validate()
                     if record["val"]["is_best"]:
-                        best = {"metric": cfg.val.select_metric, "score": self.progress["best_score"], "epoch": epoch + 1}
+                        best = {"metric": cfg.val.select_metric, "score": self.progress["best_score"],
+                                "epoch": epoch + 1}
                 self.progress.update(epoch=epoch + 1, step_in_epoch=0)
                 self._save(best)
                 if info.is_main:
@@ -380,13 +436,14 @@ class Trainer:
         return (torch.autocast("cuda", dtype=self.precision.autocast_dtype)
                 if self.precision.autocast_dtype else nullcontext())
 
-    def _xent_loss(self, inputs: torch.Tensor, captions: torch.Tensor, item_index: torch.Tensor):
+    def _xent_loss(self, inputs: torch.Tensor, captions: torch.Tensor,
+                   item_index: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
         cfg = self.config.train
         with self._autocast():
             logits, alphas = self.forward(inputs, captions, item_index)  # (M, T, V), (M, T, N)
         loss, ce = caption_loss(logits, alphas, captions, pad_id=self.vocab.pad_id,
                                 label_smoothing=cfg.label_smoothing, attention_reg=cfg.attention_reg)
-        return loss, {"captions": captions.shape[0], "ce": ce.item()}
+        return loss, StepStats(captions.shape[0], means={"ce": ce.item()})
 
     def _all_ranks_have(self, batch) -> bool:
         """Whether every rank got a batch; DDP needs all ranks to step together or none."""
@@ -398,7 +455,8 @@ class Trainer:
         return have
 
     def _out_of_steps(self) -> bool:
-        return bool(self.config.train.max_steps) and self.progress["global_step"] >= self.config.train.max_steps
+        return (bool(self.config.train.max_steps)
+                and self.progress["global_step"] >= self.config.train.max_steps)
 
     def _train_epoch(self) -> dict[str, Any]:
         cfg, info = self.config, self.info
@@ -406,11 +464,12 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(self.progress["step_in_epoch"] * cfg.train.batch_size)
         self._training_mode()
-        totals: dict[str, float] = {"loss": 0.0, "captions": 0, "steps": 0}
+        totals = EpochStats()
         window: dict[str, float] = {}  # sums over the steps since the last steps.jsonl line
         started = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", disable=not info.is_main,
-                   initial=self.progress["step_in_epoch"], total=self.steps_per_epoch, dynamic_ncols=True)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                   disable=not info.is_main, initial=self.progress["step_in_epoch"],
+                   total=self.steps_per_epoch, dynamic_ncols=True)
         for batch in bar:
             if not self._all_ranks_have(batch):  # every image of a batch was unreadable (already reported)
                 self.progress["step_in_epoch"] += 1
@@ -432,41 +491,36 @@ class Trainer:
 
             self.progress["step_in_epoch"] += 1
             self.progress["global_step"] += 1
-            size = stats.pop("captions")
-            totals["loss"] += loss.item() * size
-            for name, value in stats.items():  # per-caption means, weighted by captions; seconds summed
-                totals[name] = totals.get(name, 0.0) + (value if name.endswith("_s") else value * size)
-            totals["captions"] += size
-            totals["steps"] += 1
-            self._log_step(window, loss.item(), stats, size)
+            loss_value = loss.item()
+            totals.add(loss_value, stats)
+            self._log_step(window, loss_value, stats)
             elapsed = time.perf_counter() - started
-            shown = {"reward": f"{stats['reward']:.3f}"} if "reward" in stats else {"loss": f"{loss.item():.3f}"}
-            bar.set_postfix(**shown, captions_s=f"{totals['captions'] * info.world_size / elapsed:.0f}")
+            reward = stats.means.get("reward")
+            shown = {"loss": f"{loss_value:.3f}"} if reward is None else {"reward": f"{reward:.3f}"}
+            bar.set_postfix(**shown, captions_s=f"{totals.captions_per_s(elapsed, info.world_size):.0f}")
             if cfg.train.save_every_steps and self.progress["global_step"] % cfg.train.save_every_steps == 0:
                 self._save()
             if self._out_of_steps():
                 break
         bar.close()
         elapsed = time.perf_counter() - started
-        captions = max(1, totals["captions"])
-        averages = {f"train_{name}": value / captions for name, value in totals.items()
-                    if name not in ("captions", "steps") and not name.endswith("_s")}
         return {
             "epoch": epoch + 1,
             "global_step": self.progress["global_step"],
             "objective": cfg.train.objective,
-            **averages,
+            **totals.means(),  # train_loss, train_ce or train_reward, train_baseline, ...
             "lr": self.scheduler.get_last_lr()[0],
-            "captions_per_s": totals["captions"] * info.world_size / elapsed if elapsed else 0.0,
-            **({"reward_time_share": totals["reward_time_s"] / elapsed} if "reward_time_s" in totals and elapsed else {}),
+            "captions_per_s": totals.captions_per_s(elapsed, info.world_size),
+            **totals.time_shares(elapsed),  # reward_time_share under SCST
             "epoch_time_s": elapsed,
             "world_size": info.world_size,
             "precision": self.precision.name,
             "peak_memory_mb": round(peak_memory_mb(self.device)),
         }
 
-    def _log_step(self, window: dict[str, float], loss: float, stats: dict[str, float], captions: int) -> None:
-        """Every ``train.log_every_steps`` steps, append the window's mean loss (and SCST reward) to steps.jsonl.
+    def _log_step(self, window: dict[str, float], loss: float, stats: StepStats) -> None:
+        """Every ``train.log_every_steps`` steps, append the window's mean loss (and SCST reward) to
+        steps.jsonl.
 
         After a resume the steps since the checkpoint are logged again; readers keep the last line of a step.
         """
@@ -475,9 +529,9 @@ class Trainer:
             return
         window["loss"] = window.get("loss", 0.0) + loss
         window["steps"] = window.get("steps", 0) + 1
-        if "reward" in stats:
-            window["reward"] = window.get("reward", 0.0) + stats["reward"] * captions
-            window["captions"] = window.get("captions", 0) + captions
+        if "reward" in stats.means:
+            window["reward"] = window.get("reward", 0.0) + stats.means["reward"] * stats.captions
+            window["captions"] = window.get("captions", 0) + stats.captions
         if self.progress["global_step"] % every:
             return
         line = {"step": self.progress["global_step"],
@@ -506,10 +560,11 @@ class Trainer:
                 splits[name] = split_report(split.captions, predictions, cfg.val.metrics)
                 all_predictions[name] = predictions
                 logger.info("validation, epoch %d, %s: %s", self.progress["epoch"] + 1, name,
-                            ", ".join(f"{k} {v:.4f}" for k, v in {**splits[name]["scores"],
-                                                                   "CHAIRs": splits[name]["chair"]["CHAIRs"]}.items()))
+                            ", ".join(f"{k} {v:.4f}" for k, v in {
+                                **splits[name]["scores"], "CHAIRs": splits[name]["chair"]["CHAIRs"]}.items()))
             weights = {item.name: item.weight for item in self.val_cfgs}
-            score = sum(weights[name] * report["scores"][cfg.val.select_metric] for name, report in splits.items())
+            score = sum(weights[name] * report["scores"][cfg.val.select_metric]
+                        for name, report in splits.items())
             score /= sum(weights.values())
             best = self.progress["best_score"]
             result = {
@@ -524,7 +579,8 @@ class Trainer:
                 self.progress["best_score"] = score
                 for name, predictions in all_predictions.items():
                     suffix = "" if len(all_predictions) == 1 else f"_{name}"
-                    atomic_write_json(self.run_dir / f"val_results_best{suffix}.json", results_list(predictions))
+                    atomic_write_json(self.run_dir / f"val_results_best{suffix}.json",
+                                      results_list(predictions))
         if self.info.enabled:
             payload = [self.progress["best_score"], result]
             dist.broadcast_object_list(payload, src=0)

@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 # apt-get as root, else through sudo
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install demo test lint java chromium prepare-flickr8k train-default train-flickr8k-lite2 train-lite0 train-scst clean
+.PHONY: install demo test test-fast lint java chromium prepare-flickr8k train-default train-flickr8k-lite2 train-lite0 train-scst clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ demo: install
 test: install java chromium
 	CAPTION_DATA=$(CAPTION_DATA) $(BIN)/python -m pytest -q
 	$(BIN)/ruff check caption scripts demo tests
+
+# The fast subset for contributors (README, "Tests"): everything but the tests marked slow, which train
+# models, start Ray or demo servers, or caption the golden photos with every shipped model.
+test-fast: install java
+	CAPTION_DATA=$(CAPTION_DATA) $(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check caption scripts demo tests

@@ -1,8 +1,9 @@
-"""Bad and awkward input, as a hostile or careless user sends it, through all three surfaces: ``caption predict``,
-``caption batch`` and the demo's ``/caption`` API. The corpus is made at test time from a real photo and a real
-clip (nothing binary is committed). Each case has one expected outcome, a caption or an error of one kind
-(``caption.errors.ErrorKind``) whose message names the file and the cause, and every surface it can reach is
-checked in one call with all the others, so every good input in the same call must still get its caption.
+"""Bad and awkward input, as a hostile or careless user sends it, through all three surfaces:
+``caption predict``, ``caption batch`` and the demo's ``/caption`` API. The corpus is made at test time from
+a real photo and a real clip (nothing binary is committed). Each case has one expected outcome, a caption or
+an error of one kind (``caption.errors.ErrorKind``) whose message names the file and the cause, and every
+surface it can reach is checked in one call with all the others, so every good input in the same call must
+still get its caption.
 "same as X" means the very caption of X: a lossless copy in another pixel format must not change it.
 
 | case | what it is | predict and batch | demo API |
@@ -135,7 +136,8 @@ def _rotated(path: Path, src: Sources) -> None:
 
 def _animated(path: Path, src: Sources) -> None:
     first = src.rgb
-    first.save(path, save_all=True, append_images=[first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], duration=200)
+    first.save(path, save_all=True, append_images=[first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)],
+               duration=200)
 
 
 def _float_tif(values: Callable[[Sources], np.ndarray]) -> Callable[[Path, Sources], None]:
@@ -176,18 +178,22 @@ def _loop(path: Path, src: Sources) -> None:
 CASES = [
     Case("photo.jpg", _bytes(lambda s: s.photo.read_bytes())),
     Case("rgb8.png", _save(lambda s: s.rgb)),
-    Case("rgb16.png", _cv2_write(lambda s: np.asarray(s.rgb)[:, :, ::-1].astype(np.uint16) * 257), same_as="rgb8.png"),
-    Case("rgb16.tif", _cv2_write(lambda s: np.asarray(s.rgb)[:, :, ::-1].astype(np.uint16) * 257), same_as="rgb8.png"),
+    Case("rgb16.png", _cv2_write(lambda s: np.asarray(s.rgb)[:, :, ::-1].astype(np.uint16) * 257),
+         same_as="rgb8.png"),
+    Case("rgb16.tif", _cv2_write(lambda s: np.asarray(s.rgb)[:, :, ::-1].astype(np.uint16) * 257),
+         same_as="rgb8.png"),
     Case("jpeg_named.png", _bytes(lambda s: s.photo.read_bytes()), same_as="photo.jpg"),
     Case("png_named.jpg", _bytes(lambda s: _png_bytes(s.rgb)), same_as="rgb8.png"),
     Case("grey.png", _save(lambda s: Image.fromarray(s.grey, "L"))),
     Case("grey16.png", _save(lambda s: Image.fromarray(s.grey.astype(np.uint16) * 257)), same_as="grey.png"),
     Case("grey16.tif", _save(lambda s: Image.fromarray(s.grey.astype(np.uint16) * 257)), same_as="grey.png"),
-    Case("grey32.tif", _save(lambda s: Image.fromarray((s.grey.astype(np.int64) * (2**31 - 1) // 255).astype(np.int32))),
+    Case("grey32.tif",
+         _save(lambda s: Image.fromarray((s.grey.astype(np.int64) * (2**31 - 1) // 255).astype(np.int32))),
          same_as="grey.png"),
     Case("float.tif", _float_tif(lambda s: s.grey / 255.0), same_as="grey.png"),
     Case("grey_alpha.png", _save(lambda s: Image.fromarray(s.grey, "L").convert("LA")), same_as="grey.png"),
-    Case("alpha.png", _save(lambda s: Image.merge("RGBA", [*s.rgb.split(), Image.new("L", s.rgb.size, 128)]))),
+    Case("alpha.png",
+         _save(lambda s: Image.merge("RGBA", [*s.rgb.split(), Image.new("L", s.rgb.size, 128)]))),
     Case("palette_transparent.png", _save(_palette_transparent)),
     Case("bilevel.png", _save(lambda s: s.rgb.convert("1"))),
     Case("cmyk.jpg", _save(lambda s: s.rgb.convert("CMYK"))),
@@ -203,9 +209,12 @@ CASES = [
     Case("empty.jpg", _bytes(lambda s: b""), "empty", phrase="the file is empty (0 bytes)"),
     Case("notes.jpg", _bytes(lambda s: b"my holiday notes, not a photo\n"), "not-media",
          phrase="not an image file: it is a text file"),
-    Case("document.png", _bytes(lambda s: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"), "not-media", phrase="PDF document"),
-    Case("truncated.jpg", _bytes(lambda s: _half(s.photo.read_bytes())), "corrupt", phrase="corrupt or truncated"),
-    Case("truncated.png", _bytes(lambda s: _half(_png_bytes(s.rgb))), "corrupt", phrase="corrupt or truncated"),
+    Case("document.png", _bytes(lambda s: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"), "not-media",
+         phrase="PDF document"),
+    Case("truncated.jpg", _bytes(lambda s: _half(s.photo.read_bytes())), "corrupt",
+         phrase="corrupt or truncated"),
+    Case("truncated.png", _bytes(lambda s: _half(_png_bytes(s.rgb))), "corrupt",
+         phrase="corrupt or truncated"),
     Case("bomb.png", _save(lambda s: Image.new("1", (12000, 12000))), "too-large", phrase="144000000 pixels"),
     Case("nan.tif", _float_tif(_with_nan), "unsupported", phrase="NaN"),
     Case("negative.tif", _float_tif(lambda s: s.grey / 85.0 - 1.0), "unsupported", phrase="expected 0 to 1"),
@@ -213,10 +222,12 @@ CASES = [
          phrase="a JPEG image named .mp4, not a video; rename it to .jpg"),
     Case("clip_named.jpg", _bytes(lambda s: s.clip.read_bytes()), "wrong-type",
          phrase="an AVI video named .jpg, not an image; rename it to .avi"),
-    Case("notes.mp4", _bytes(lambda s: b"not a video\n"), "not-media", phrase="not a video file: it is a text file"),
+    Case("notes.mp4", _bytes(lambda s: b"not a video\n"), "not-media",
+         phrase="not a video file: it is a text file"),
     Case("empty.avi", _bytes(lambda s: b""), "empty", phrase="the file is empty (0 bytes)"),
     Case("truncated.avi", _bytes(lambda s: _half(s.clip.read_bytes())), "corrupt", phrase="truncated"),
-    Case("folder.jpg", lambda path, src: path.mkdir(), "not-a-file", phrase="a folder, not a file", demo=None),
+    Case("folder.jpg", lambda path, src: path.mkdir(), "not-a-file", phrase="a folder, not a file",
+         demo=None),
     Case("missing.jpg", lambda path, src: None, "missing", phrase="file not found", demo=None),
     Case("broken_link.jpg", lambda path, src: path.symlink_to(path.parent / "nowhere.jpg"), "broken-link",
          phrase="a broken symbolic link: its target", demo=None),
@@ -254,7 +265,9 @@ def check(results: dict[str, dict], path_of: Callable[[str], str], surface: str)
         if expect == "caption":
             assert result.get("caption"), f"{surface}: {case.name} should be captioned: {result}"
             if case.same_as:
-                assert result["caption"] == results[path_of(case.same_as)]["caption"], f"{surface}: {case.name}"
+                assert result["caption"] == results[path_of(case.same_as)]["caption"], (
+                    f"{surface}: {case.name}"
+                )
             continue
         assert "caption" not in result, f"{surface}: {case.name} should fail: {result}"
         assert result.get("error_kind") == expect, f"{surface}: {case.name}: {result}"
@@ -300,7 +313,8 @@ def test_batch_captions_every_good_file_and_records_every_bad_one(corpus, tmp_pa
     summary = capsys.readouterr().err
     assert f"{sum(c.expect == 'caption' for c in CASES)} captioned" in summary
 
-    assert main(["batch", str(corpus), "--file-list", str(file_list), "--out", str(out), "--no-progress"]) == 1
+    assert main(["batch", str(corpus), "--file-list", str(file_list), "--out", str(out),
+                 "--no-progress"]) == 1
     assert "0 captioned" in (summary := capsys.readouterr().err) and f"{len(CASES)} already in" in summary
     assert "recorded as bad" in summary  # still failed files in the output: still exit status 1
 
@@ -343,6 +357,7 @@ PARAMETERS = [  # (beam size, maximum length, expected: "caption" or the words o
 ]
 
 
+@pytest.mark.slow
 def test_the_demo_judges_every_request_on_its_own(corpus, tmp_path):
     """All uploadable cases and all parameter cases at once, so they share batches: none fails another."""
     from gradio_client import Client, handle_file
@@ -354,7 +369,8 @@ def test_the_demo_judges_every_request_on_its_own(corpus, tmp_path):
     requests = [(str(corpus / case.name), 3, 20) for case in uploads]
     requests += [(photo, beam, length) for beam, length, _ in PARAMETERS]
     log = tmp_path / "server.log"
-    with running_demo(log, "--max-file-mb", "2", env={"GRADIO_TEMP_DIR": str(tmp_path / "gradio")}) as (url, process):
+    with running_demo(log, "--max-file-mb", "2",
+                      env={"GRADIO_TEMP_DIR": str(tmp_path / "gradio")}) as (url, process):
         # gradio_client gives an upload 5 s; 46 at once on 2 busy cores can take longer (a browser waits).
         clients = [Client(url, verbose=False, httpx_kwargs={"timeout": 60}) for _ in requests]
         with ThreadPoolExecutor(len(requests)) as pool:
@@ -373,7 +389,8 @@ def test_the_demo_judges_every_request_on_its_own(corpus, tmp_path):
     check(results, lambda name: name, "demo")
     for case in uploads:
         if "error" in results[case.name]:
-            assert results[case.name]["error"].startswith(f"{case.name}: "), results[case.name]  # names the upload
+            # names the upload
+            assert results[case.name]["error"].startswith(f"{case.name}: "), results[case.name]
     library = Captioner.load()
     for case in uploads:  # the demo gives the library's caption
         if "caption" in results[case.name]:
@@ -397,8 +414,9 @@ def test_every_pillow_mode_and_array_type_in_python_is_captioned_as_the_picture_
     grey = rgb.convert("L")
     pixels, grey_pixels = np.asarray(rgb), np.asarray(grey)
     big_endian = Image.frombytes("I;16B", grey.size, (grey_pixels.astype(">u2") * 257).tobytes())
-    same_as_rgb = {"RGBa": rgb.convert("RGBa"), "RGBX": rgb.convert("RGBX"), "uint16 array": pixels.astype(np.uint16) * 257,
-                   "float array": pixels / 255.0, "RGBA array": np.dstack([pixels, np.full(grey_pixels.shape, 255)])}
+    same_as_rgb = {"RGBa": rgb.convert("RGBa"), "RGBX": rgb.convert("RGBX"),
+                   "uint16 array": pixels.astype(np.uint16) * 257, "float array": pixels / 255.0,
+                   "RGBA array": np.dstack([pixels, np.full(grey_pixels.shape, 255)])}
     same_as_grey = {"I;16": Image.fromarray(grey_pixels.astype(np.uint16) * 257), "I;16B": big_endian,
                     "I": Image.fromarray(grey_pixels.astype(np.int32) * 257, "I"),
                     "F": Image.fromarray(grey_pixels.astype(np.float32) / 255.0, "F"),

@@ -73,6 +73,7 @@ def test_a_corrupt_file_in_a_batch_is_named_and_the_others_are_captioned(caption
         captioner.caption([photos[0], str(bad[0])])
 
 
+@pytest.mark.slow
 def test_predict_command_prints_captions_and_names_bad_files(photos, tmp_path):
     bad = _bad_files(tmp_path, photos[3])
     command = [sys.executable, "-m", "caption.cli", "predict", photos[0], str(bad[0]), photos[1],
@@ -116,6 +117,7 @@ def test_awkward_but_valid_images_are_read_upright_in_rgb(photos, tmp_path):
     assert load_image(alpha).getpixel((0, 0)) == (255, 255, 255)  # transparent shows as white
 
 
+@pytest.mark.slow
 def test_batched_beam_search_matches_per_image_on_the_shipped_model(
     captioner, flickr_splits, flickr_dir, tmp_path
 ):
@@ -131,6 +133,7 @@ def test_batched_beam_search_matches_per_image_on_the_shipped_model(
         assert batched[i][0].score == pytest.approx(single[0].score, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", SHIPPED_MODELS)
 def test_shipped_models_caption_32_dev_photos_as_when_they_were_shipped(model, flickr_splits, flickr_dir):
     """Captions and scores each shipped model wrote when it was exported (tests/data/dev32_<model>.json): the
@@ -150,6 +153,7 @@ def test_shipped_models_caption_32_dev_photos_as_when_they_were_shipped(model, f
                 assert result.score == pytest.approx(want["score"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr_dir, tmp_path):
     """A regression guard on 100 dev images (the full dev-split figures are in the model card)."""
     require_java()
@@ -165,6 +169,7 @@ def test_shipped_model_quality_on_the_dev_split(captioner, flickr_splits, flickr
     assert len({r["caption"] for r in results}) > 40  # not one caption for everything
 
 
+@pytest.mark.slow
 def test_shipped_model_knows_everyday_scenes(captioner, tmp_path):
     """A regression guard on 100 photos of the COCO dev subset: food, animals, vehicles and rooms, which a
     Flickr8k-only model mistakes for people and dogs (CIDEr 0.44, CHAIRs 34% on the whole subset)."""

@@ -151,6 +151,7 @@ def test_folder_search_follows_linked_folders_once_and_keeps_bad_links(tmp_path,
     assert direct.files == [str(root / "loop.jpg")]  # not a typo that stops the run
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_repeating_a_file(dev_photos, tmp_path):
     out = tmp_path / "captions.jsonl"
     command = [sys.executable, "-m", "caption.cli", "batch", *map(str, dev_photos), "--out", str(out),
@@ -178,6 +179,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_file(dev_photos, tmp
     assert len(list(Journal(out, "jsonl").records())) == len(dev_photos)
 
 
+@pytest.mark.slow
 def test_a_long_run_holds_one_batch_of_results_not_all_of_them(tmp_path):
     """10,000 files must not mean 10,000 results in memory (scripts/bench_batch.py measures the real thing).
     While 160 synthetic images (every tenth one bad) are captioned, at most one batch of results is alive, the

@@ -1,4 +1,5 @@
-"""`caption plot`: the curves of real (tiny) training runs, cross-entropy and SCST, one line per run per panel."""
+"""`caption plot`: the curves of real (tiny) training runs, cross-entropy and SCST, one line per run per
+panel."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from caption.config import load_config
 from caption.training.curves import plot_runs, read_run
 from caption.training.trainer import train
 from tests.conftest import REPO, require_java, write_subset
+
+pytestmark = pytest.mark.slow  # trains the runs it plots
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,8 @@ def test_plot_has_a_line_per_run_in_each_panel(runs, tmp_path):
         assert image.format == "PNG" and image.width > 600
 
     result = subprocess.run([sys.executable, "-m", "caption.cli", "plot", *map(str, runs), "--out",
-                             str(tmp_path / "cli.svg"), "--metrics", "CIDEr"], cwd=REPO, capture_output=True, text=True)
+                             str(tmp_path / "cli.svg"), "--metrics", "CIDEr"], cwd=REPO, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli.svg").read_text().count("<svg") == 1
 
@@ -70,7 +74,8 @@ def test_a_resumed_run_keeps_the_last_line_of_each_step_and_a_cut_line_is_skippe
     again = [json.dumps({**json.loads(line), "loss": 0.0}) for line in lines[2:]]
     (run / "steps.jsonl").write_text("\n".join(lines[:3] + again) + '\n{"step": 1')
     curves = read_run(run)
-    assert [loss for _, loss in curves.loss] == [json.loads(lines[0])["loss"], json.loads(lines[1])["loss"], 0, 0, 0, 0]
+    assert [loss for _, loss in curves.loss] == [json.loads(lines[0])["loss"], json.loads(lines[1])["loss"],
+                                                 0, 0, 0, 0]
 
     (run / "steps.jsonl").write_text('{"step": 2\n' + "\n".join(lines))
     with pytest.raises(ValueError, match="line 1: not JSON"):

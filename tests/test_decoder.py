@@ -243,6 +243,7 @@ def overfit(request, few_real_images):
     return decoder, vocab, texts, _memory(features), loss
 
 
+@pytest.mark.slow
 def test_decoder_overfits_real_images_and_greedy_decoding_reproduces_the_captions(overfit):
     decoder, vocab, texts, memory, loss = overfit
     assert loss < 0.05  # cross-entropy per word
@@ -250,6 +251,7 @@ def test_decoder_overfits_real_images_and_greedy_decoding_reproduces_the_caption
     assert [vocab.decode(r[0].tokens) for r in results] == [vocab.decode(vocab.encode(t)) for t in texts]
 
 
+@pytest.mark.slow
 def test_attention_maps_cover_every_word(overfit):
     decoder, vocab, texts, memory, _ = overfit
     best = _beams(decoder, memory, beam_size=3, max_length=25)[0][0]
@@ -271,6 +273,7 @@ def real_ambiguous(request, few_real_images):
     return decoder, _memory(features)
 
 
+@pytest.mark.slow
 def test_beam_greedy_and_sampling_log_probs_equal_teacher_forcing_on_real_images(real_ambiguous):
     decoder, memory = real_ambiguous
     for beam_size in (1, 3):

@@ -1,7 +1,7 @@
 """Load test of the web demo (``scripts/load_test_demo.py``): rounds of 16 users with good photos, 4 with bad
 parameters and 4 with bad files at once. No good request fails, every bad one gets its own error, the server
-stays up, its memory stays within a bound after the warm-up rounds, and the upload folder stays within its budget and
-empties once the uploads go unused."""
+stays up, its memory stays within a bound after the warm-up rounds, and the upload folder stays within its
+budget and empties once the uploads go unused."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ from tests.conftest import DATA, REPO, free_port, require
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
 
 
+pytestmark = pytest.mark.slow  # rounds of users against a running demo
+
+
 def test_rounds_of_good_and_bad_users_fail_no_good_request_and_grow_nothing():
     require(DATA / "flickr8k" / "photos_fullres")
     budget_mb, rounds = 3, 7
-    command = [sys.executable, str(REPO / "scripts" / "load_test_demo.py"), "--rounds", str(rounds), "--warm-up", "3",
-               "--keep-uploads", "2", "--uploads-budget-mb", str(budget_mb), "--port", str(free_port())]
+    command = [sys.executable, str(REPO / "scripts" / "load_test_demo.py"), "--rounds", str(rounds),
+               "--warm-up", "3", "--keep-uploads", "2", "--uploads-budget-mb", str(budget_mb),
+               "--port", str(free_port())]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO,
                           env={**os.environ, "CAPTION_DATA": str(DATA), "PYTHONPATH": str(REPO)})
     print(done.stdout)

@@ -1,5 +1,6 @@
 """Training on several data sets at once: the config, the weighted sampler, and a real two-set run on Flickr8k
-and COCO photos (union vocabulary, both dev splits validated, exact resume after SIGKILL, caption evaluate)."""
+and COCO photos (union vocabulary, both dev splits validated, exact resume after SIGKILL, caption
+evaluate)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from tests.conftest import DATA, REPO, require, require_java, write_subset
 COCO = DATA / "coco"
 
 
+pytestmark = pytest.mark.slow  # every test trains on two real data sets
+
+
 def _two_sets(**overrides) -> dict:
     data = {"train": [{"name": "a", "annotations": "a.json", "images": "imgs/a"},
                       {"name": "b", "annotations": "b.json", "images": "imgs/b", "weight": 0.5}],
@@ -49,8 +53,10 @@ def test_a_list_of_sets_loads_and_the_flat_keys_still_mean_one_set():
 
     flat = config_from_dict({"data": {"train_annotations": "t.json", "train_images": "imgs",
                                       "val_annotations": "d.json"}})
-    assert [(s.name, s.annotations, s.images) for s in flat.data.train_sets()] == [("train", "t.json", "imgs")]
-    assert [(s.name, s.images) for s in flat.data.val_sets()] == [("val", "imgs")]  # the train folder by default
+    assert ([(s.name, s.annotations, s.images) for s in flat.data.train_sets()]
+            == [("train", "t.json", "imgs")])
+    # the train folder by default
+    assert [(s.name, s.images) for s in flat.data.val_sets()] == [("val", "imgs")]
 
     unnamed = config_from_dict(_two_sets(train=[{"annotations": "x/captions_train.json"}]))
     assert unnamed.data.train_sets()[0].name == "captions_train"
@@ -122,17 +128,21 @@ def mix_config(flickr_splits, flickr_dir, tmp_path_factory) -> Path:
     config = {
         "data": {
             "train": [
-                {"name": "flickr8k", "annotations": str(write_subset(flickr_splits["train"], root / "f.json", 10)),
+                {"name": "flickr8k",
+                 "annotations": str(write_subset(flickr_splits["train"], root / "f.json", 10)),
                  "images": str(flickr_dir / "images")},
                 {"name": "coco", "weight": 0.6,
-                 "annotations": str(write_subset(coco_ann / "captions_val2017_subset_train.json", root / "c.json", 10)),
+                 "annotations": str(write_subset(coco_ann / "captions_val2017_subset_train.json",
+                                                 root / "c.json", 10)),
                  "images": str(COCO / "val2017")},
             ],
             "val": [
-                {"name": "flickr8k", "annotations": str(write_subset(flickr_splits["dev"], root / "fd.json", 3)),
+                {"name": "flickr8k",
+                 "annotations": str(write_subset(flickr_splits["dev"], root / "fd.json", 3)),
                  "images": str(flickr_dir / "images")},
                 {"name": "coco", "weight": 3.0,
-                 "annotations": str(write_subset(coco_ann / "captions_val2017_subset_dev.json", root / "cd.json", 3)),
+                 "annotations": str(write_subset(coco_ann / "captions_val2017_subset_dev.json",
+                                                 root / "cd.json", 3)),
                  "images": str(COCO / "val2017")},
             ],
             "min_word_count": 1,
@@ -148,7 +158,8 @@ def mix_config(flickr_splits, flickr_dir, tmp_path_factory) -> Path:
 
 
 def _train(config: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config), f"train.output_dir={output}", *extra]
+    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config),
+            f"train.output_dir={output}", *extra]
 
 
 def _latest_step(run: Path) -> int:
@@ -166,8 +177,9 @@ def straight(mix_config, tmp_path_factory) -> Path:
     return run
 
 
-def test_two_sets_train_with_one_vocabulary_validate_apart_and_resume_exactly_after_a_kill(mix_config, straight,
-                                                                                           tmp_path):
+def test_two_sets_train_with_one_vocabulary_validate_apart_and_resume_exactly_after_a_kill(
+    mix_config, straight, tmp_path,
+):
     # 10 Flickr8k photos + round(0.6 x 10) COCO photos = 16 an epoch, batch 2: 8 steps an epoch.
     assert _latest_step(straight) == 16
 
@@ -175,7 +187,8 @@ def test_two_sets_train_with_one_vocabulary_validate_apart_and_resume_exactly_af
     vocab = Vocabulary.load(read_pointer(straight, "latest") / "vocab.json")
     flickr_words = {w for s in [config.data.train[0]] for w in _words(s.annotations)}
     coco_words = {w for s in [config.data.train[1]] for w in _words(s.annotations)}
-    assert set(vocab.words[4:]) == flickr_words | coco_words  # min_word_count 1: the union of both sets' words
+    # min_word_count 1: the union of both sets' words
+    assert set(vocab.words[4:]) == flickr_words | coco_words
     assert coco_words - flickr_words and flickr_words - coco_words
 
     records = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
@@ -191,7 +204,8 @@ def test_two_sets_train_with_one_vocabulary_validate_apart_and_resume_exactly_af
         assert record["val"]["select"]["score"] == pytest.approx(expected)
     best = json.loads((straight / "best.json").read_text())
     assert best["score"] == pytest.approx(max(r["val"]["select"]["score"] for r in records))
-    assert (straight / "val_results_best_coco.json").is_file() and (straight / "val_results_best_flickr8k.json").is_file()
+    assert ((straight / "val_results_best_coco.json").is_file()
+            and (straight / "val_results_best_flickr8k.json").is_file())
     curves = read_run(straight)
     assert {"CIDEr · flickr8k", "CIDEr · coco", "CHAIRs · coco"} <= set(curves.scores)
 
@@ -228,7 +242,8 @@ def test_two_sets_train_with_one_vocabulary_validate_apart_and_resume_exactly_af
     assert set(summary["splits"]) == {"flickr8k", "coco"}
     assert (out / "coco" / "results.json").is_file() and (out / "flickr8k" / "metrics.json").is_file()
     assert summary["mean_CIDEr"] == pytest.approx(
-        (summary["splits"]["flickr8k"]["scores"]["CIDEr"] + 3 * summary["splits"]["coco"]["scores"]["CIDEr"]) / 4)
+        (summary["splits"]["flickr8k"]["scores"]["CIDEr"] + 3 * summary["splits"]["coco"]["scores"]["CIDEr"])
+        / 4)
 
 
 def test_scst_and_a_fine_tuned_encoder_train_on_the_mix(mix_config, straight, tmp_path):
@@ -241,8 +256,8 @@ def test_scst_and_a_fine_tuned_encoder_train_on_the_mix(mix_config, straight, tm
     assert record["objective"] == "scst" and math.isfinite(record["train_reward"]) and _latest_step(scst) == 8
 
     tuned = tmp_path / "finetune"
-    result = subprocess.run(_train(mix_config, tuned, "encoder.finetune_stages=1", f"train.init_from={straight}",
-                                   "train.max_steps=3", "val.every_epochs=0"),
+    result = subprocess.run(_train(mix_config, tuned, "encoder.finetune_stages=1",
+                                   f"train.init_from={straight}", "train.max_steps=3", "val.every_epochs=0"),
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "images through the encoder" in result.stderr and _latest_step(tuned) == 3

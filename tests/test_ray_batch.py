@@ -19,7 +19,8 @@ import pytest
 from caption.serving.inputs import InputError, read_file_list
 from tests.conftest import REPO, free_port, problem_files, require
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'caption[ray]' (make test installs it)")
+ray = pytest.importorskip("ray",
+                          reason="Ray is not installed: pip install 'caption[ray]' (make test installs it)")
 
 MODEL = "flickr8k-lite0"  # the faster shipped model: the engines, not the model, are under test
 BLOCK = 16
@@ -28,6 +29,9 @@ BLOCK = 16
 # The cluster and its drivers share a token, as the nodes of a real cluster do (Ray's token authentication).
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+pytestmark = pytest.mark.slow  # every test starts a Ray cluster
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,8 @@ def local_records(inputs, tmp_path_factory) -> list[dict]:
 def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, inputs, local_records, tmp_path):
     listing, files = inputs
     out = tmp_path / "captions.jsonl"
-    result = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 1, result.stderr  # 1: some files could not be read, as locally
     assert "200 captioned" in result.stderr and "4 could not be read" in result.stderr
     records = assert_complete(out, files)
@@ -133,8 +137,8 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, inputs, loc
         assert [b["text"] for b in ours["beams"]] == [b["text"] for b in local["beams"]]
         assert ours["score"] == pytest.approx(local["score"], abs=2e-4)
 
-    again = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True,
+                           text=True, timeout=600)
     assert "0 captioned" in again.stderr and f"{len(files)} already in" in again.stderr
     assert read_jsonl(out) == records
 
@@ -143,8 +147,8 @@ def test_a_killed_actor_is_replaced_and_its_block_redone_once(cluster, inputs, t
     listing, files = inputs
     out = tmp_path / "captions.jsonl"
     before = set(actor_pids())  # actors of an earlier run may still be shutting down
-    process = subprocess.Popen(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_blocks(out, process, 2)
     pids = sorted(set(actor_pids()) - before)
     assert pids, "no captioning actor process found"
@@ -157,16 +161,16 @@ def test_a_killed_actor_is_replaced_and_its_block_redone_once(cluster, inputs, t
 def test_a_killed_driver_loses_nothing_and_the_rerun_finishes(cluster, inputs, local_records, tmp_path):
     listing, files = inputs
     out = tmp_path / "captions.jsonl"
-    process = subprocess.Popen(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_blocks(out, process, 2)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not out.exists()  # the merged output is written only when every block is done
     finished = len(list(out.with_name(out.name + ".blocks").glob("block-*.jsonl")))
 
-    result = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 1, result.stderr
     assert f"already in {out}" in result.stderr and "\n0 already" not in result.stderr
     assert finished >= 2
@@ -185,7 +189,8 @@ def test_listings_name_their_files_in_a_path_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"path": ["a.jpg", None, "b/c.png"], "size": [1, 2, 3]}), tmp_path / "files.parquet")
+    pq.write_table(pa.table({"path": ["a.jpg", None, "b/c.png"], "size": [1, 2, 3]}),
+                   tmp_path / "files.parquet")
     assert read_file_list(tmp_path / "files.parquet") == ["a.jpg", "b/c.png"]
     pq.write_table(pa.table({"file": ["a.jpg"]}), tmp_path / "other.parquet")
     with pytest.raises(InputError, match="needs a 'path' column.*'file'"):

@@ -33,9 +33,13 @@ from tests.conftest import REPO, write_subset
 IMAGES = 64
 
 
+pytestmark = pytest.mark.slow  # the tests train with self-critical sequence training
+
+
 @pytest.fixture(scope="module")
 def setup(flickr_splits, flickr_dir, tmp_path_factory):
-    """64 real train images and a small SAT decoder pre-trained on them briefly (120 steps) with cross-entropy."""
+    """64 real train images and a small SAT decoder pre-trained on them briefly (120 steps) with
+    cross-entropy."""
     root = tmp_path_factory.mktemp("scst")
     config = {
         "data": {"train_annotations": str(write_subset(flickr_splits["train"], root / "train.json", IMAGES)),
@@ -48,7 +52,8 @@ def setup(flickr_splits, flickr_dir, tmp_path_factory):
     xent_config = root / "xent.yaml"
     xent_config.write_text(yaml.safe_dump(config))
     train(load_config(xent_config))
-    config["train"].update(objective="scst", init_from=str(root / "xent"), epochs=6, lr=1e-3, schedule="constant")
+    config["train"].update(objective="scst", init_from=str(root / "xent"), epochs=6, lr=1e-3,
+                           schedule="constant")
     config["scst"] = {"samples": 5, "max_length": 16}
     scst_config = root / "scst.yaml"
     scst_config.write_text(yaml.safe_dump(config))
@@ -59,10 +64,13 @@ def mean_sampled_reward(run: Path, root: Path) -> float:
     """The mean reward SCST maximises (CIDEr-D less the degenerate-caption penalty) of 5 captions sampled
     (fixed seed) for each of the 64 images by the run's latest weights."""
     model, vocab, _ = load_model(read_pointer(run, "latest"))
-    split = read_caption_set(root / "train.json", yaml.safe_load((root / "xent.yaml").read_text())["data"]["train_images"])
-    features = FeatureCache(root / "cache", model.encoder).get_or_build([str(p) for p in split.paths()],
-                                                                       device=torch.device("cpu"), num_workers=0)
-    refs = [[vocab.decode(tokens).split() for tokens in captions] for _, captions in image_captions(split, vocab)]
+    split = read_caption_set(root / "train.json",
+                             yaml.safe_load((root / "xent.yaml").read_text())["data"]["train_images"])
+    features = FeatureCache(root / "cache", model.encoder).get_or_build(
+        [str(p) for p in split.paths()], device=torch.device("cpu"), num_workers=0,
+    )
+    refs = [[vocab.decode(tokens).split() for tokens in captions]
+            for _, captions in image_captions(split, vocab)]
     reward = CiderD(refs, eos="<eos>")
     torch.manual_seed(0)
     memory = model.positions(torch.from_numpy(np.asarray(features.features, dtype=np.float32)))  # (64, 49, C)
@@ -99,7 +107,8 @@ def test_scst_raises_the_mean_sampled_reward(setup, baseline, epochs):
 def test_the_hallucination_penalty_counts_objects_the_references_do_not_name():
     truth = image_objects(["a dog runs on the grass", "a brown dog with a ball"])
     assert hallucinated_objects(["a", "dog", "catches", "a", "frisbee"], truth) == 1
-    assert hallucinated_objects(["a", "dog", "and", "a", "cat", "eat", "a", "hot", "dog"], truth) == 2  # cat, hot dog
+    # cat, hot dog
+    assert hallucinated_objects(["a", "dog", "and", "a", "cat", "eat", "a", "hot", "dog"], truth) == 2
     assert hallucinated_objects(["two", "dogs", "play", "with", "a", "ball"], truth) == 0
 
 
@@ -112,7 +121,8 @@ def test_the_hallucination_penalty_lowers_the_reward_of_samples_that_hallucinate
     # The same samples (same seed, a learning rate too small to change them): the penalty takes 2 points
     # for every object a sample names that the image's references do not.
     assert records[2.0]["train_hallucinated"] == records[0.0]["train_hallucinated"] > 0
-    assert records[2.0]["train_reward"] < records[0.0]["train_reward"] - 2 * 0.5 * records[0.0]["train_hallucinated"]
+    assert (records[2.0]["train_reward"]
+            < records[0.0]["train_reward"] - 2 * 0.5 * records[0.0]["train_hallucinated"])
 
 
 def test_init_from_must_match_the_architecture(setup, tmp_path):
@@ -122,8 +132,8 @@ def test_init_from_must_match_the_architecture(setup, tmp_path):
 
 
 def _command(config: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config), f"train.output_dir={output}",
-            "train.save_every_steps=1", *extra]
+    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config),
+            f"train.output_dir={output}", "train.save_every_steps=1", *extra]
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -165,7 +175,8 @@ def test_scst_under_two_process_ddp_with_gloo(setup, tmp_path):
     _, scst_config = setup
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "caption.cli", "train", "--config", str(scst_config), f"train.output_dir={run}", "train.epochs=1"]
+               "-m", "caption.cli", "train", "--config", str(scst_config), f"train.output_dir={run}",
+               "train.epochs=1"]
     _run(command, env=dict(os.environ, OMP_NUM_THREADS="1"))
     [record] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert record["world_size"] == 2 and record["objective"] == "scst"

@@ -1,4 +1,5 @@
-"""Training end to end on a few real images: resume after a kill, DDP with gloo, validation and best checkpoint."""
+"""Training end to end on a few real images: resume after a kill, DDP with gloo, validation and best
+checkpoint."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from caption.api import Captioner
 from caption.training.checkpoint import read_pointer
 from caption.utils.io import atomic_replace_dir
 from tests.conftest import REPO, require_java, write_subset
+
+pytestmark = pytest.mark.slow  # the tests train small models on real images
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def tiny_config(flickr_splits, flickr_dir, tmp_path_factory) -> Path:
 
 
 def _train_command(config: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config), f"train.output_dir={output}", *extra]
+    return [sys.executable, "-m", "caption.cli", "train", "--config", str(config),
+            f"train.output_dir={output}", *extra]
 
 
 def _run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -101,7 +105,8 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny
 def test_resume_refuses_a_changed_model_config(tiny_config, tmp_path):
     run = tmp_path / "run"
     _run(_train_command(tiny_config, run, "train.max_steps=2"))
-    result = subprocess.run(_train_command(tiny_config, run), cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(_train_command(tiny_config, run),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "already holds a training run: add --resume" in result.stderr
     result = subprocess.run(_train_command(tiny_config, run, "--resume", "decoder.hidden_dim=128"),
                             cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -20,6 +20,8 @@ from caption.models.io import load_model, save_model
 from caption.models.updown import UpDownConfig, UpDownDecoder
 from tests.conftest import DATA, require
 
+pytestmark = pytest.mark.slow  # trains an Up-Down model on real images
+
 
 @pytest.fixture(scope="module")
 def updown_dir(few_real_images, tmp_path_factory):

@@ -168,6 +168,7 @@ def server(tmp_path_factory):
         yield url, log
 
 
+@pytest.mark.slow
 def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, captioner, photos):
     from gradio_client import Client, handle_file
 
@@ -202,6 +203,7 @@ def chromium_or_skip() -> str:
     return CHROMIUM
 
 
+@pytest.mark.slow
 def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_file_an_error(
     server, photos, tmp_path
 ):
@@ -254,6 +256,7 @@ def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_f
 
 
 
+@pytest.mark.slow
 def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner, photos, tmp_path):
     """What a request holds (its image, result, batcher future) is let go when it is answered: no such object
     outlives its round, and traced Python memory (numpy arrays included) is flat. Resident memory is too

@@ -255,7 +255,7 @@ def _decoding_arguments(parser: argparse.ArgumentParser, default_note: str) -> N
     """An option per public decoding setting (``--beam-size`` for ``DecodingConfig.beam_size``), unset (None)
     unless given; ``default_note`` ends each help text (``{default}``: the setting's own default)."""
     for f in DecodingConfig.public_fields():
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type in ("int", int) else float,
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.metadata["whole"] else float,
                             help=f"{f.metadata['help']} {default_note.format(default=f.default)}")
 
 

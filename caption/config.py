@@ -312,9 +312,10 @@ def _setting(default: Any, minimum: float, help: str, *, exclusive: bool = False
     it does (the command line's help), whether callers of a model choose it (``public``: the API, the
     command line, the web page and batch jobs take it; the others are training's), how messages and the
     page name it (default: the field's name in words), and the page's slider (low, high or None for the
-    server's limit, step)."""
+    server's limit, step). A whole-number default makes a whole-number setting."""
     return field(default=default, metadata={"minimum": minimum, "exclusive": exclusive, "help": help,
-                                            "public": public, "label": label, "slider": slider})
+                                            "public": public, "label": label, "slider": slider,
+                                            "whole": isinstance(default, int)})
 
 
 def setting_label(f: dataclasses.Field) -> str:
@@ -350,12 +351,12 @@ class DecodingConfig:
         for f in dataclasses.fields(self):
             value, minimum = getattr(self, f.name), f.metadata["minimum"]
             if f.metadata["exclusive"]:
-                _require(value > minimum, f"{prefix}.{f.name}", "must be positive" if minimum == 0
-                         else f"must be more than {minimum}")
+                message = "must be positive" if minimum == 0 else f"must be more than {minimum}"
+                _require(value > minimum, f"{prefix}.{f.name}", message)
             else:
-                _require(value >= minimum, f"{prefix}.{f.name}", f"must be at least {minimum}"
-                         if f.type in ("int", int) else "must be 0 or more" if minimum == 0
-                         else f"must be {minimum} or more")
+                message = (f"must be at least {minimum}" if f.metadata["whole"]
+                           else f"must be {minimum:g} or more")
+                _require(value >= minimum, f"{prefix}.{f.name}", message)
         return self
 
 

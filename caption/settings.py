@@ -50,9 +50,10 @@ def whole_number(
 def bounded_number(name: str, value: Any, low: float, high: float | None = None,
                    exclusive: bool = False) -> float:
     """``value`` as a float from ``low`` (above it, if ``exclusive``) to ``high``."""
-    above = "above" if exclusive else "from" if high is not None else ""
-    allowed = (f"choose a number {above} {low:g}" + (f" to {high:g}" if high is not None else "") if above
-               else f"choose a number, {low:g} or more")
+    if high is not None:
+        allowed = f"choose a number {'above' if exclusive else 'from'} {low:g} to {high:g}"
+    else:
+        allowed = f"choose a number above {low:g}" if exclusive else f"choose a number, {low:g} or more"
     number = _number(name, value, allowed)
     if number < low or (exclusive and number == low) or (high is not None and number > high):
         raise ParameterError(name, value, allowed)
@@ -76,7 +77,7 @@ def decoding_settings(defaults: DecodingConfig, values: Mapping[str, Any] | None
         f = fields[name]
         label = setting_label(f)
         minimum, high = f.metadata["minimum"], limits.get(name)
-        if f.type in ("int", int):
+        if f.metadata["whole"]:
             chosen[name] = whole_number(label, value, None, int(minimum), None if high is None else int(high))
         else:
             chosen[name] = bounded_number(label, value, minimum, high, exclusive=f.metadata["exclusive"])

@@ -212,14 +212,16 @@ def _upload_path(upload: Any) -> tuple[str, str]:
     raise ParameterError("file", upload, "send an uploaded file (gradio_client: handle_file(path))")
 
 
-def _setting_slider(f: dataclasses.Field, defaults: DecodingConfig, limits: dict[str, float]) -> gr.Slider:
-    """The page's control for a decoding setting: its field's slider range (a high of None: the server's
-    limit), starting at the model's default."""
+def _setting_control(f: dataclasses.Field, defaults: DecodingConfig,
+                     limits: dict[str, float]) -> gr.Slider | gr.Number:
+    """The page's control for a decoding setting, at the model's default: a slider over its field's range
+    (a high of None: the server's limit), or a number box for a setting that declares no slider."""
+    label, elem_id, value = setting_label(f).capitalize(), f.name.replace("_", "-"), getattr(defaults, f.name)
+    if f.metadata["slider"] is None:
+        return gr.Number(value, label=label, elem_id=elem_id, precision=0 if f.metadata["whole"] else None)
     low, high, step = f.metadata["slider"]
     high = limits[f.name] if high is None else high
-    value = min(max(getattr(defaults, f.name), low), high)
-    return gr.Slider(low, high, value=value, step=step, label=setting_label(f).capitalize(),
-                     elem_id=f.name.replace("_", "-"))
+    return gr.Slider(low, high, value=min(max(value, low), high), step=step, label=label, elem_id=elem_id)
 
 
 def _caption_endpoint(service: CaptionService):
@@ -250,7 +252,7 @@ def build_app(
             with gr.Column(scale=1):
                 upload = gr.File(label="Photo (JPEG, PNG, WebP, ...) or video (mp4, avi, webm, mov, mkv)",
                                  type="filepath", elem_id="upload")
-                settings = [_setting_slider(f, defaults, service.decoding_limits)
+                settings = [_setting_control(f, defaults, service.decoding_limits)
                             for f in DecodingConfig.public_fields()]
                 run = gr.Button("Caption", variant="primary", elem_id="run")
                 if examples:

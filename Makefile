@@ -63,19 +63,19 @@ resume = $$(test -f $(1)/latest.json && echo --resume)
 # cross-entropy training on frozen EfficientNet-Lite2 features of Flickr8k and 2,197 COCO photos mixed, export.
 train-default: prepare-flickr8k
 	$(BIN)/caption train --config configs/everyday_lite2.yaml $(call resume,runs/everyday_lite2)
-	$(BIN)/caption export runs/everyday_lite2 models/everyday-lite2 --fp16 --beam-size 3 --length-penalty 0.75
+	$(BIN)/caption export runs/everyday_lite2 models/everyday-lite2 --fp16 --beam-size 3 --length-penalty 0.75 --force
 
 # Reproduces models/flickr8k-lite2, trained on Flickr8k alone (the default before COCO photos came; about
 # 1 h 45 min): cross-entropy on frozen EfficientNet-Lite2 features, self-critical training, export.
 train-flickr8k-lite2: prepare-flickr8k
 	$(BIN)/caption train --config configs/flickr8k_lite2.yaml $(call resume,runs/flickr8k_lite2)
 	$(BIN)/caption train --config configs/flickr8k_lite2_scst.yaml $(call resume,runs/flickr8k_lite2_scst)
-	$(BIN)/caption export runs/flickr8k_lite2_scst models/flickr8k-lite2 --fp16 --beam-size 3 --length-penalty 1.0
+	$(BIN)/caption export runs/flickr8k_lite2_scst models/flickr8k-lite2 --fp16 --beam-size 3 --length-penalty 1.0 --force
 
 # Reproduces models/flickr8k-lite0, the fast alternative (about 1 h 45 min on 2 CPU cores: 15 epochs of ~7 min).
 train-lite0: prepare-flickr8k
 	$(BIN)/caption train --config configs/flickr8k_lite0.yaml $(call resume,runs/flickr8k_lite0)
-	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16 --beam-size 3 --length-penalty 0.75
+	$(BIN)/caption export runs/flickr8k_lite0 models/flickr8k-lite0 --fp16 --beam-size 3 --length-penalty 0.75 --force
 
 # Self-critical training of the Lite0 cross-entropy model (configs/flickr8k_lite0_scst.yaml).
 train-scst: prepare-flickr8k

@@ -187,7 +187,9 @@ def _print_report(report: dict, title: str = "") -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from caption.api import Captioner
     from caption.evaluation.evaluate import evaluate, evaluate_splits
+    from caption.evaluation.metrics import check_java
 
+    check_java()  # the scores need it: say so before a split is captioned, not after
     splits = _evaluate_splits(args)
     if splits:
         if args.annotations or args.results or args.images:
@@ -226,10 +228,17 @@ def _export(args: argparse.Namespace) -> int:
     import torch
 
     from caption.api import resolve_model
-    from caption.models.io import load_model, save_model
+    from caption.models.io import is_model_dir, load_model, read_pointer, save_model
     from caption.settings import decoding_settings
+    from caption.utils.io import atomic_replace_dir
 
     source = resolve_model(args.source)
+    out = Path(args.out)
+    _check_export_target(Path(args.source), source, out, args.force)
+    from_run = Path(args.source).is_dir() and not is_model_dir(args.source)
+    if from_run and read_pointer(args.source, "best") is None:
+        logger.warning("%s has no best checkpoint (no validation has run): exporting its latest, %s",
+                       args.source, source)
     model, vocab, meta = load_model(source)
     extra = {k: v for k, v in meta.items() if k not in ("format", "encoder", "decoder", "vocab_size",
                                                           "feature_dim", "encoder_weights_included")}
@@ -237,9 +246,29 @@ def _export(args: argparse.Namespace) -> int:
     if chosen:
         decoding_settings(DecodingConfig(), chosen)  # refuses a bad value before anything is written
         extra["decoding"] = {**extra.get("decoding", {}), **chosen}
-    save_model(model, vocab, args.out, dtype=torch.float16 if args.fp16 else None, extra=extra)
-    print(f"exported {source} -> {args.out}")
+    dtype = torch.float16 if args.fp16 else None
+    # Built beside the target and swapped in whole: an existing model (--force) is replaced, never mixed.
+    atomic_replace_dir(lambda staging: save_model(model, vocab, staging, dtype=dtype, extra=extra), out)
+    print(f"exported {source} -> {out}")
     return 0
+
+
+def _check_export_target(given: Path, source: Path, out: Path, force: bool) -> None:
+    """Refuse to export onto what is being exported (a run's own folders), onto a folder of other files, or
+    onto a model without ``--force``."""
+    from caption.models.io import is_model_dir
+
+    own = {source.resolve(), given.resolve()}
+    if out.resolve() in own or any(folder in out.resolve().parents for folder in own):
+        raise ValueError(f"caption export: {out} is, or is inside, what is exported ({source}): export to a "
+                         "new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not is_model_dir(out):
+            raise ValueError(f"caption export: {out} already exists and holds other files: give a new folder "
+                             "(only a model folder is ever replaced, with --force)")
+        if not force:
+            raise ValueError(f"caption export: {out} already holds a model: add --force to replace it, or "
+                             "give a new folder")
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -355,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out")
     export.add_argument("--fp16", action="store_true", help="store weights in half precision")
     _decoding_arguments(export, "(recorded as the model's default)")
+    export.add_argument("--force", action="store_true", help="replace OUT if it already holds a model")
     export.set_defaults(run=_export)
 
     plot = commands.add_parser("plot",

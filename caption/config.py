@@ -7,6 +7,7 @@ that names the key and lists the valid ones, so a typo never silently falls back
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -462,6 +463,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .inf or .nan would train a model of NaNs
+                raise ConfigError(f"config field '{key}' must be a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -560,6 +563,10 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (UTF-8): give a YAML file") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
     return loaded

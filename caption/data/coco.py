@@ -54,9 +54,18 @@ def load_coco_json(path: str | Path) -> dict:
         raise ValueError(
             f"{path} is not a COCO caption file: it needs top-level 'images' and 'annotations' lists"
         )
+    owners: dict = {}
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise ValueError(f"{path}: images[{i}] needs 'id' and 'file_name', got {image!r:.200}")
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise ValueError(f"{path}: images[{i}] has file_name {image['file_name']!r}: give the image's "
+                             "file name (relative to the image folder)")
+        first = owners.setdefault(image["id"], i)
+        if first != i:  # one id for two entries would give one photo the other's captions
+            raise ValueError(f"{path}: images[{i}] ({image['file_name']}) has the id {image['id']!r} of "
+                             f"images[{first}] ({data['images'][first]['file_name']}): give each image "
+                             "its own id")
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise ValueError(f"{path}: annotations[{i}] needs 'image_id' and 'caption', got {ann!r:.200}")

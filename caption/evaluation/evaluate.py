@@ -20,6 +20,7 @@ from caption.evaluation.metrics import METRIC_NAMES, compute_metrics
 from caption.features.batching import iter_image_batches
 from caption.features.cache import CachedFeatures
 from caption.utils.io import atomic_write_json, read_json
+from caption.utils.logging import logger
 
 
 def predict_split(
@@ -99,12 +100,17 @@ def split_report(
     references: dict[int, list[str]], predictions: dict[int, str], metrics: Iterable[str]
 ) -> dict:
     """Everything one split is scored by: the caption metrics, CHAIR, and the variety of the captions."""
+    empty = sum(not text.strip() for text in predictions.values())
+    if empty:
+        logger.warning("%d of %d captions are empty (each scores as wrong)%s", empty, len(predictions),
+                       ": every caption is empty, so every score is 0" if empty == len(predictions) else "")
     scores, _, skipped = compute_metrics(references, predictions, metrics)
     hallucination = chair(predictions, references)
     return {
         "images_scored": len(predictions),
         "scores": scores,
         "chair": hallucination.summary(),
+        "empty_captions": empty,
         "distinct_captions": len(set(predictions.values())),
         "distinct_words": len({word for text in predictions.values() for word in text.split()}),
         "degenerate_share": degenerate_share(predictions.values()),

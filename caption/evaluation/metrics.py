@@ -57,10 +57,20 @@ def spice_unavailable_reason() -> str | None:
     return None
 
 
+def one_line(text: str) -> str:
+    """``text`` with every line or paragraph break (\\n, \\r, \\v, \\f, U+0085, U+2028, U+2029, ...) a space.
+    The tokenizer reads one caption per line, so a break inside a caption would shift every later caption
+    onto the wrong image's line."""
+    return " ".join(text.splitlines())
+
+
 def ptb_tokenize(captions: dict, java: str) -> dict:
     """PTB-tokenise {key: [caption, ...]} in one Java call, exactly as pycocoevalcap's tokenizer does."""
     keys = [key for key, texts in captions.items() for _ in texts]
-    lines = [text.replace("\n", " ") for texts in captions.values() for text in texts]
+    lines = [one_line(text) for texts in captions.values() for text in texts]
+    # An empty caption is sent as no line at all: the tokenizer drops trailing empty lines.
+    sent = [i for i, line in enumerate(lines) if line.strip()]
+    lines = [lines[i] for i in sent]
     jar = _package_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as handle:
         handle.write("\n".join(lines))
@@ -77,9 +87,17 @@ def ptb_tokenize(captions: dict, java: str) -> dict:
         raise MetricError(f"the PTB tokenizer (Java) failed with exit code {result.returncode}: "
                           f"{result.stderr.decode(errors='replace').strip()[:500]}")
     out_lines = result.stdout.decode("utf-8").split("\n")
+    if out_lines and out_lines[-1] == "":
+        out_lines.pop()
+    if len(out_lines) != len(sent):  # a caption read as two lines would score the rest against other images
+        raise MetricError(f"the PTB tokenizer gave {len(out_lines)} lines for {len(sent)} captions: some "
+                          "caption holds a character it reads as a line break")
+    words = [""] * len(keys)
+    for i, line in zip(sent, out_lines):
+        words[i] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
     tokenized: dict = {key: [] for key in captions}
-    for key, line in zip(keys, out_lines):
-        tokenized[key].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    for key, text in zip(keys, words):
+        tokenized[key].append(text)
     return tokenized
 
 

@@ -22,7 +22,7 @@ from caption.data.images import ImageTransform
 from caption.data.video import VideoTransform
 from caption.features.batching import iter_image_batches
 from caption.features.encoder import ImageEncoder
-from caption.utils.io import atomic_write, atomic_write_json, read_json
+from caption.utils.io import atomic_write, atomic_write_json, read_json, reserve_space
 from caption.utils.logging import logger
 from caption.utils.runtime import cuda_autocast
 
@@ -122,6 +122,11 @@ class FeatureCache:
 
         def write(tmp: Path) -> None:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+            try:
+                reserve_space(tmp)  # all of it now: a full disk is an error here, not a SIGBUS mid-encoding
+            except OSError:
+                del array
+                raise
             errors.update(encode_images(
                 self.encoder, paths, array, device=device, batch_size=batch_size, num_workers=num_workers,
                 frames=self.frames, desc="encoding video frames" if self.frames else "encoding images",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caption.config import EncoderConfig
+from caption.config import ConfigError, EncoderConfig
 from caption.features.pretrained import (
     LITE_BN_EPS,
     LITE_MEAN,
@@ -53,6 +54,10 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, load_weights: bool = True):
         super().__init__()
+        if not timm.is_model(cfg.name):
+            close = difflib.get_close_matches(cfg.name, timm.list_models(), n=5)
+            raise ConfigError(f"config field 'encoder.name' is {cfg.name!r}, which timm does not know"
+                              + (f"; close names: {', '.join(close)}" if close else ""))
         if load_weights:
             cfg = resolve_encoder_config(cfg)
         elif not (cfg.mean and cfg.std):

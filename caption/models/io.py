@@ -9,16 +9,18 @@ run directory names its checkpoints (model directories) in ``best.json`` and ``l
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values, default_decoder_config
 from caption.data.vocab import Vocabulary
 from caption.features.pretrained import LITE_PACKAGES
 from caption.models.captioner import CaptionModel
-from caption.utils.io import atomic_write, atomic_write_json, read_json
+from caption.utils.io import atomic_write, atomic_write_json, final_path, no_space_error, read_json
 
 MODEL_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -55,7 +57,7 @@ def save_model(model: CaptionModel, vocab: Vocabulary, directory: str | Path, *,
     directory = Path(directory)
     state = model_state(model, dtype)
     atomic_write(directory / WEIGHTS_FILE,
-                 lambda tmp: save_file(state, str(tmp), metadata={"format": str(MODEL_FORMAT)}))
+                 lambda tmp: write_safetensors(state, tmp, metadata={"format": str(MODEL_FORMAT)}))
     vocab.save(directory / VOCAB_FILE)
     atomic_write_json(directory / CONFIG_FILE, {
         "format": MODEL_FORMAT,
@@ -103,10 +105,34 @@ def load_model(
     return model.to(device).eval(), vocab, meta
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                      metadata: dict | None = None) -> None:
+    """Write a safetensors file; a failed write (a full disk, most often) is an error naming the file."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except (SafetensorError, OSError) as err:
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
+        if shutil.disk_usage(Path(path).parent).free < needed:
+            raise no_space_error(path, needed) from None
+        raise OSError(f"{final_path(path)}: writing it failed ({err})") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or foreign file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated (a copy "
+                         "cut short, a full disk): copy or export it again") from None
+
+
 def load_weights(model: CaptionModel, directory: str | Path) -> None:
     """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored)."""
     path = Path(directory) / WEIGHTS_FILE
-    state = {LEGACY_KEYS.get(key, key): value for key, value in load_file(str(path)).items()}
+    state = {LEGACY_KEYS.get(key, key): value for key, value in read_safetensors(path).items()}
     for prefix, module in (("decoder.", model.decoder), ("positions.", model.positions),
                            ("encoder.", model.encoder)):
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
@@ -149,4 +175,9 @@ def resolve_run_dir(path: str | Path) -> Path:
         target = read_pointer(path, which)
         if target is not None:
             return target
+    model_files = (WEIGHTS_FILE, CONFIG_FILE, VOCAB_FILE)
+    missing = [name for name in model_files if not (path / name).is_file()]
+    if len(missing) < len(model_files):  # a model folder with a file missing says which
+        raise FileNotFoundError(f"{path} is a model directory without {', '.join(missing)}: copy or export "
+                                "the model again")
     raise FileNotFoundError(f"{path} is neither a model directory nor a training run with a checkpoint")

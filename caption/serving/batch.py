@@ -26,7 +26,7 @@ from caption.api import Captioner
 from caption.config import DecodingConfig
 from caption.serving.inputs import Discovered
 from caption.settings import decoding_settings
-from caption.utils.io import atomic_write, atomic_write_json
+from caption.utils.io import atomic_write, atomic_write_json, exclusive_lock
 
 FORMATS = ("jsonl", "csv", "coco")
 CSV_FIELDS = ("source", "caption", "score", "error")
@@ -213,6 +213,10 @@ class BatchJob:
                else {})
         return cls(files, output, fmt, ids, decoding)
 
+    def lock(self):
+        """Held while a run writes this output (both engines): a second run refuses, naming the first."""
+        return exclusive_lock(self.output.with_name(self.output.name + ".lock"), str(self.output))
+
     def write_output(self, records: Iterable[dict[str, Any]]) -> None:
         """The output file from ``records`` (``CaptionResult.to_dict``), at once: a COCO results JSON of
         this job's captioned files, or every record as JSONL or CSV lines."""
@@ -246,6 +250,12 @@ def caption_files(
     """Caption ``files`` into ``output``, skipping those it already holds; see the module docstring.
     ``decoding``: the settings to use (a mapping: those given, the model's defaults for the rest)."""
     job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
+    with job.lock():
+        return _caption_job(captioner, job, batch_size, num_workers, progress)
+
+
+def _caption_job(captioner: Captioner, job: BatchJob, batch_size: int, num_workers: int | None,
+                 progress: bool) -> BatchSummary:
     settings = captioner.resolve_decoding(job.decoding)
     journal = Journal(job.output.with_name(job.output.name + ".progress.jsonl")
                       if job.fmt == "coco" else job.output, job.fmt)

@@ -122,9 +122,19 @@ def caption_files_ray(
     ray = import_ray()
     # Checked here, not in every actor: a bad value or a missing image id fails before Ray starts.
     job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
-    output = job.output
     if actors < 1:
         raise ValueError(f"--actors {actors} is not allowed: choose a whole number, 1 or more")
+    with job.lock():
+        return _run_blocks(ray, job, model, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                           cpus_per_actor=cpus_per_actor, block_size=block_size, batch_size=batch_size,
+                           num_workers=num_workers, progress=progress)
+
+
+def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: int, gpus_per_actor: float,
+                cpus_per_actor: float, block_size: int, batch_size: int, num_workers: int | None,
+                progress: bool) -> BatchSummary:
+    """The blocks of ``job`` not on disk yet through the actor pool, then the merged output."""
+    output, files = job.output, list(job.files)
     blocks_dir = output.with_name(output.name + ".blocks")
     blocks_dir.mkdir(parents=True, exist_ok=True)
     for stale in blocks_dir.glob(".*.tmp"):  # a writer killed mid-write; its block is redone

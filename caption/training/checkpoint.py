@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from caption.data.vocab import Vocabulary
 from caption.models.captioner import CaptionModel
-from caption.models.io import read_pointer, save_model
+from caption.models.io import read_pointer, read_safetensors, save_model, write_safetensors
 from caption.models.io import resolve_run_dir as resolve_run_dir  # re-exported from its new home
 from caption.utils.io import atomic_replace_dir, atomic_write_json, read_json
 
@@ -116,7 +115,7 @@ def save_checkpoint(
 
     def build(directory: Path) -> None:
         save_model(model, vocab, directory, extra=model_extra)
-        save_file(tensors, str(directory / TRAINER_TENSORS))
+        write_safetensors(tensors, directory / TRAINER_TENSORS)
         atomic_write_json(directory / TRAINER_JSON, trainer)
 
     target = atomic_replace_dir(build, run_dir / "checkpoints" / name)
@@ -143,7 +142,7 @@ def prune_checkpoints(run_dir: str | Path) -> None:
 def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     """The optimizer, scheduler, scaler and RNG states and the progress of a checkpoint, tensors restored."""
     checkpoint = Path(checkpoint)
-    tensors = load_file(str(checkpoint / TRAINER_TENSORS))
+    tensors = read_safetensors(checkpoint / TRAINER_TENSORS)
     state = _join_tensors(read_json(checkpoint / TRAINER_JSON, "trainer state"), tensors)
     state["optimizer"] = _optimizer_state_from_json(state["optimizer"])
     return state

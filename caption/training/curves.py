@@ -50,11 +50,21 @@ def read_run(run_dir: str | Path) -> RunCurves:
         )
     epochs = _read_jsonl(epochs_file) if epochs_file.is_file() else []
     steps = _read_jsonl(steps_file) if steps_file.is_file() else []
-    objective = (
-        epochs[0].get("objective", "xent") if epochs
-        else ("scst" if any("reward" in s for s in steps) else "xent")
-    )
-    run = RunCurves(name=run_dir.name, objective=objective)
+    try:
+        objective = (
+            epochs[0].get("objective", "xent") if epochs
+            else ("scst" if any("reward" in s for s in steps) else "xent")
+        )
+        run = RunCurves(name=run_dir.name, objective=objective)
+        _read_curves(run, steps, epochs)
+    except (KeyError, TypeError, AttributeError) as err:  # a line that is JSON but not a log line
+        raise ValueError(f"{run_dir}: log.jsonl or steps.jsonl has a line without the fields a training log "
+                         f"has ({type(err).__name__}: {err}); is it a training run's output_dir?") from None
+    return run
+
+
+def _read_curves(run: RunCurves, steps: list[dict], epochs: list[dict]) -> None:
+    """The loss, reward and dev score points of a run's step and epoch log lines, into ``run``."""
     if steps:
         # a resumed run logs its last steps again: keep the last
         latest = {line["step"]: line for line in steps}
@@ -81,7 +91,6 @@ def read_run(run_dir: str | Path) -> RunCurves:
             for name, value in values.items():
                 key = f"{name}{SPLIT_SEPARATOR}{split}" if len(splits) > 1 else name
                 run.scores.setdefault(key, []).append((record["epoch"], value))
-    return run
 
 
 def metric_keys(runs: list[RunCurves], metric: str) -> list[str]:
@@ -112,6 +121,11 @@ def plot_runs(runs: list[RunCurves], out: str | Path, metrics: tuple[str, ...] =
         panels.append(("training loss (cross-entropy)", "loss", xent))
     if scst:
         panels.append(("SCST: mean sampled reward (CIDEr-D)", "reward", scst))
+    logged = sorted({key.split(SPLIT_SEPARATOR)[0] for run in runs for key in run.scores})
+    unknown = [metric for metric in metrics if not metric_keys(runs, metric)]
+    if unknown and logged:
+        raise ValueError(f"caption plot: no run logged {', '.join(unknown)}; the runs have "
+                         f"{', '.join(logged)}")
     for metric in metrics:
         for key in metric_keys(runs, metric):
             panels.append((f"dev {key}", key, [run for run in runs if run.scores.get(key)]))

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from caption.api import resolve_model
 from caption.config import Config, ConfigError, DataSetConfig, config_from_dict
 from caption.data.coco import CaptionSet, read_caption_set
 from caption.data.datasets import (
@@ -43,7 +45,7 @@ from caption.evaluation.metrics import check_java, spice_unavailable_reason
 from caption.features.batching import default_num_workers
 from caption.features.cache import CachedFeatures, FeatureCache
 from caption.models.captioner import CaptionModel
-from caption.models.io import CONFIG_FILE, VOCAB_FILE, load_weights, resolve_run_dir
+from caption.models.io import CONFIG_FILE, VOCAB_FILE, load_weights
 from caption.training import checkpoint as ckpt
 from caption.training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from caption.training.losses import caption_loss
@@ -173,6 +175,15 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
     )
 
 
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as err:
+        raise ConfigError(f"train.output_dir {run_dir} cannot be written ({err.strerror}): choose a folder "
+                          "you can write to") from None
+
+
 class Trainer:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
@@ -193,6 +204,11 @@ class Trainer:
                     raise ConfigError(f"val.select_metric is SPICE, but {spice_unavailable_reason()}")
                 logger.warning("%s (validation goes on without it)", spice_unavailable_reason())
 
+        if self.info.is_main:
+            _check_writable(self.run_dir)  # now, not after the feature cache has been built
+        if config.train.objective == "scst" and not config.train.init_from and self.resume_from is None:
+            logger.warning("train.objective=scst without train.init_from: self-critical training starts from "
+                           "random weights; it fine-tunes a cross-entropy model (set train.init_from to one)")
         _seed_everything(config.train.seed + self.info.rank)
         self.device = self.info.device
         self.precision = resolve_precision(config.train.precision, self.device)
@@ -221,7 +237,7 @@ class Trainer:
         cfg = self.config
         self.init_from = None
         if cfg.train.init_from and self.resume_from is None:
-            self.init_from = resolve_run_dir(cfg.train.init_from)
+            self.init_from = resolve_model(cfg.train.init_from)  # a run, a model folder or a shipped name
             _check_init_model(self.init_from, cfg)
         if self.resume_from is not None:
             self.vocab = Vocabulary.load(self.resume_from / VOCAB_FILE)
@@ -492,6 +508,8 @@ class Trainer:
             self.progress["step_in_epoch"] += 1
             self.progress["global_step"] += 1
             loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise self._diverged(loss_value)
             totals.add(loss_value, stats)
             self._log_step(window, loss_value, stats)
             elapsed = time.perf_counter() - started
@@ -517,6 +535,16 @@ class Trainer:
             "precision": self.precision.name,
             "peak_memory_mb": round(peak_memory_mb(self.device)),
         }
+
+    def _diverged(self, loss: float) -> ValueError:
+        """The error that stops a run whose loss is no longer a number (NaN or infinite): this step's
+        update is not saved, so the run's last checkpoint is still good to resume from."""
+        latest = ckpt.read_pointer(self.run_dir, "latest")
+        return ValueError(
+            f"step {self.progress['global_step']}: the training loss is {loss} (not a finite number), so "
+            f"training stopped; the last good checkpoint is {latest or 'none (none saved yet)'}. Lower "
+            f"train.lr (now {self.config.train.lr:g}) or check the data, then train again (--resume to go on "
+            "from that checkpoint)")
 
     def _log_step(self, window: dict[str, float], loss: float, stats: StepStats) -> None:
         """Every ``train.log_every_steps`` steps, append the window's mean loss (and SCST reward) to

@@ -12,7 +12,6 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,18 +96,16 @@ class DecoderConfig:
     # video model can tell "moves left" from "moves right"); off for image models.
     cell_positions: bool = False
 
-    @staticmethod
-    def variant(values: dict[str, Any], current: DecoderConfig) -> DecoderConfig:
-        """The config class ``values["type"]`` names (else ``current``'s), holding ``current``'s values of
-        the fields both have: what a ``decoder:`` section is read into."""
+    def variant(self, values: dict[str, Any]) -> DecoderConfig:
+        """The config class ``values["type"]`` names (else this one's), holding this config's values of the
+        fields both have: what a ``decoder:`` section is read into."""
         from caption.models.registry import decoder_config_class
 
-        cls = decoder_config_class(values.get("type", current.type))
-        if type(current) is cls:
-            return current
+        cls = decoder_config_class(values.get("type", self.type))
+        if type(self) is cls:
+            return self
         names = {f.name for f in dataclasses.fields(cls)} - {"type"}
-        return cls(**{f.name: getattr(current, f.name) for f in dataclasses.fields(current)
-                      if f.name in names})
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names})
 
     def validate(self) -> None:
         from caption.models.registry import decoder_config_class
@@ -266,10 +263,6 @@ class TrainConfig:
         _require(bool(self.output_dir), "train.output_dir", "must name a directory")
 
 
-def _decoding_defaults(**values: Any) -> Callable[[], DecodingConfig]:
-    return lambda: DecodingConfig(**values)
-
-
 @dataclass
 class ScstConfig:
     """Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward."""
@@ -277,7 +270,7 @@ class ScstConfig:
     # How captions are sampled: ``samples`` per image, at most ``max_length`` words, softmax(logits /
     # ``temperature``); a greedy baseline decodes with beam size 1 and the same ``max_length``.
     decoding: DecodingConfig = field(
-        default_factory=_decoding_defaults(beam_size=1, max_length=16, samples=5))
+        default_factory=lambda: DecodingConfig(beam_size=1, max_length=16, samples=5))
     # "mean": each sample's baseline is the mean reward of the image's other samples (Luo 2020, "a better
     # variant of the self-critical baseline"); "greedy": the reward of the greedy caption (Rennie et al.).
     baseline: str = "mean"
@@ -509,7 +502,7 @@ def apply_values(target: Any, values: dict[str, Any], prefix: str = "") -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"config section '{dotted}' must be a mapping, got {value!r}")
             if hasattr(current, "variant"):  # a section whose class its values choose (decoder.type)
-                current = current.variant(value, current)
+                current = current.variant(value)
             updates[key] = apply_values(current, value, prefix=f"{dotted}.")
         else:
             updates[key] = _coerce(value, hints[key], dotted)

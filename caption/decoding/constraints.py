@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from caption.data.vocab import SpecialTokens
+
+
+@functools.lru_cache(maxsize=16)
+def _index(ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``ids`` as an index tensor on ``device``, made once: beam search asks for it every step. Made
+    outside inference mode even when first asked for inside it, so training may use it too."""
+    with torch.inference_mode(False):
+        return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def allowed_logits(logits: torch.Tensor, special: SpecialTokens, first_step: int = 0) -> torch.Tensor:
@@ -12,7 +22,7 @@ def allowed_logits(logits: torch.Tensor, special: SpecialTokens, first_step: int
     words (<pad>, <bos>, <unk>) removed everywhere and <eos> removed as the first word (step 0): a caption
     has at least one word."""
     logits = logits.float()  # (R, T, V)
-    logits = logits.index_fill(-1, torch.tensor(special.banned, device=logits.device), float("-inf"))
+    logits = logits.index_fill(-1, _index(special.banned, logits.device), float("-inf"))
     if first_step == 0:
         logits[:, 0, special.eos] = float("-inf")
     return logits  # (R, T, V)

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from caption.config import ConfigError, DecoderConfig, EncoderConfig, apply_values, default_decoder_config
+from caption.config import ConfigError, EncoderConfig, apply_values, default_decoder_config
 from caption.data.vocab import Vocabulary
 from caption.features.pretrained import LITE_PACKAGES
 from caption.models.captioner import CaptionModel
@@ -91,7 +91,7 @@ def load_model(
     encoder_cfg = EncoderConfig()
     try:
         apply_values(encoder_cfg, meta["encoder"], "encoder.")
-        decoder_cfg = DecoderConfig.variant(meta["decoder"], default_decoder_config())  # its type's config
+        decoder_cfg = default_decoder_config().variant(meta["decoder"])  # its type's config
         apply_values(decoder_cfg, meta["decoder"], "decoder.")
         vocab_size = int(meta["vocab_size"])
     except (AttributeError, ConfigError, KeyError, TypeError, ValueError) as err:

@@ -110,9 +110,10 @@ def no_space_error(path: str | Path, needed: int | None = None) -> OSError:
     """The error for a write to ``path`` that found its disk full: where, how much it needed, how much is
     free."""
     path = final_path(path)
-    free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+    disk = next(folder for folder in path.parents if folder.exists())  # a checkpoint's folder may not yet
+    free = shutil.disk_usage(disk).free
     need = f"it needs {needed / 2**20:,.0f} MB, " if needed else ""
-    return OSError(f"{path}: not enough disk space ({need}{free / 2**20:,.0f} MB free on {path.parent}): "
+    return OSError(f"{path}: not enough disk space ({need}{free / 2**20:,.0f} MB free on {disk}): "
                    "free some space or write to another disk")
 
 

@@ -137,7 +137,7 @@ def _batch(args: argparse.Namespace) -> int:
             annotations=args.annotations, decoding=_decoding_values(args), address=args.address,
             actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
             block_size=args.block_size, batch_size=args.batch_size, num_workers=args.workers,
-            progress=not args.no_progress)
+            startup_timeout=args.startup_timeout, progress=not args.no_progress)
     else:
         captioner = Captioner.load(args.model, device=args.device)
         summary = caption_files(
@@ -361,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ray: CPUs per actor (its torch threads)")
     batch.add_argument("--block-size", type=int, default=256,
                        help="ray: files per block, the unit of work, retry and resume")
+    batch.add_argument("--startup-timeout", type=float, default=300.0,
+                       help="ray: seconds to wait for every actor to be placed and load its model")
     decoding_options(batch)
     batch.set_defaults(run=_batch, batch_size=32)
 
@@ -412,12 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         reexec_with_malloc_tuning()
     setup_logging()
     from caption.config import ConfigError
-    from caption.errors import ImageLoadError
+    from caption.errors import EngineError, ImageLoadError
     from caption.evaluation.metrics import MetricError
 
     try:
         return args.run(args)
-    except (ConfigError, MetricError, ImageLoadError, ImportError, OSError, ValueError) as err:
+    except (ConfigError, EngineError, MetricError, ImageLoadError, ImportError, OSError, ValueError) as err:
         logger.error("%s", err)
         return EXIT_USAGE
     except KeyboardInterrupt:

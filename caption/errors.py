@@ -69,3 +69,7 @@ class ParameterError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.name} {self.value!r} is not allowed: {self.allowed}"
+
+
+class EngineError(RuntimeError):
+    """A batch engine (Ray) failed outside any one input: the message says why and what to do."""

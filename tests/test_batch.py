@@ -104,11 +104,12 @@ def test_one_batch_job_checks_its_settings_up_front_and_writes_every_format_for_
     job = BatchJob.plan(files, tmp_path / "out.json", decoding={"beam_size": 2, "max_length": None})
     assert (job.fmt, job.decoding) == ("coco", {"beam_size": 2})
     assert job.image_ids == {files[0]: 139, files[1]: 285}
-    job.write_output(records)
+    job.write_journal(records)
     assert json.loads((tmp_path / "out.json").read_text()) == [{"image_id": 139, "caption": "a cat"}]
-    BatchJob.plan(files, tmp_path / "out.jsonl").write_output(records)
+    assert read_jsonl(tmp_path / "out.json.progress.jsonl") == records
+    BatchJob.plan(files, tmp_path / "out.jsonl").write_journal(records)
     assert read_jsonl(tmp_path / "out.jsonl") == records
-    BatchJob.plan(files, tmp_path / "out.csv").write_output(records)
+    BatchJob.plan(files, tmp_path / "out.csv").write_journal(records)
     rows = (tmp_path / "out.csv").read_text().splitlines()
     assert rows[0] == "source,caption,score,error" and rows[2] == f"{files[1]},,,damaged"
 

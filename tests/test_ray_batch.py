@@ -1,5 +1,13 @@
 """``caption batch --engine ray`` on a local 2-CPU Ray cluster started here: the same output as the local
-engine on real photos and bad files, and nothing lost or doubled when an actor or the driver is killed."""
+engine on real photos and bad files, and nothing lost or doubled when an actor or the driver is killed.
+
+| case                                                | expected                                          |
+|-----------------------------------------------------|---------------------------------------------------|
+| the lines of a bad and a good file deleted; rerun   | those two captioned again, as the local engine    |
+| a truncated model.safetensors                       | exit 2, the local engine's message word for word  |
+| --address where no cluster listens                  | exit 2 at once: "no Ray cluster answers at"       |
+| --gpus-per-actor 1 on a cluster without a GPU       | exit 2 after --startup-timeout, naming both sides |
+"""
 
 from __future__ import annotations
 
@@ -80,12 +88,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def assert_complete(out: Path, files: list[str]) -> list[dict]:
-    """Every file once, in input order, and no half-written block file left behind."""
+    """Every file once, in input order, and the blocks folder gone (its records are in the output)."""
     records = read_jsonl(out)
     assert [r["source"] for r in records] == files
-    blocks = out.with_name(out.name + ".blocks")
-    assert not list(blocks.glob(".*.tmp"))
-    assert len(list(blocks.glob("block-*.jsonl"))) == -(-len(files) // BLOCK)
+    assert not out.with_name(out.name + ".blocks").exists()
     return records
 
 
@@ -137,10 +143,18 @@ def test_the_ray_engine_writes_what_the_local_engine_writes(cluster, inputs, loc
         assert [b["text"] for b in ours["beams"]] == [b["text"] for b in local["beams"]]
         assert ours["score"] == pytest.approx(local["score"], abs=2e-4)
 
+    # As with the local engine, a file whose line is deleted from the output is captioned again.
+    retried = [next(r for r in records if "error" in r), records[5]]
+    out.write_text("".join(json.dumps(r) + "\n" for r in records if r not in retried))
     again = subprocess.run(ray_batch(listing, out, cluster), cwd=REPO, env=RAY_ENV, capture_output=True,
                            text=True, timeout=600)
-    assert "0 captioned" in again.stderr and f"{len(files)} already in" in again.stderr
-    assert read_jsonl(out) == records
+    assert "1 captioned" in again.stderr and "1 could not be read" in again.stderr, again.stderr
+    assert f"{len(files) - 2} already in" in again.stderr
+    rerun = read_jsonl(out)
+    assert rerun[:-2] == [r for r in records if r not in retried]
+    assert [r["source"] for r in rerun[-2:]] == sorted((r["source"] for r in retried), key=files.index)
+    assert [r.get("caption") for r in rerun[-2:]] == [r.get("caption") for r in
+                                                      sorted(retried, key=lambda r: files.index(r["source"]))]
 
 
 def test_a_killed_actor_is_replaced_and_its_block_redone_once(cluster, inputs, tmp_path):
@@ -176,6 +190,35 @@ def test_a_killed_driver_loses_nothing_and_the_rerun_finishes(cluster, inputs, l
     assert finished >= 2
     records = assert_complete(out, files)
     assert [r.get("caption") for r in records] == [r.get("caption") for r in local_records]
+
+
+def test_ray_failures_are_the_local_engines_messages_and_exit_statuses(cluster, inputs, tmp_path):
+    listing, _ = inputs
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "models" / MODEL, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    messages = []
+    for engine in ("local", "ray"):
+        command = [*batch(listing, tmp_path / f"{engine}.jsonl", "--engine", engine)]
+        command[command.index("--model") + 1] = str(model)
+        result = subprocess.run(command, cwd=REPO, env=RAY_ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        messages.append([line for line in result.stderr.splitlines() if line.startswith("ERROR")])
+    assert messages[0] == messages[1] and "may be truncated" in messages[0][0]
+
+    nowhere = subprocess.run(batch(listing, tmp_path / "a.jsonl", "--engine", "ray", "--address",
+                                   f"127.0.0.1:{free_port()}"),
+                             cwd=REPO, env=RAY_ENV, capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 2 and "no Ray cluster answers at 127.0.0.1:" in nowhere.stderr
+
+    no_gpu = subprocess.run(batch(listing, tmp_path / "b.jsonl", "--engine", "ray", "--address", cluster,
+                                  "--gpus-per-actor", "1", "--startup-timeout", "3"),
+                            cwd=REPO, env=RAY_ENV, capture_output=True, text=True, timeout=300)
+    assert no_gpu.returncode == 2, no_gpu.stderr[-2000:]
+    assert "did not start within 3 s: each asks for 1 CPU and 1 GPU, and the cluster has 2 CPU and 0 GPU" \
+        in no_gpu.stderr
+    assert "Traceback" not in no_gpu.stderr and not (tmp_path / "b.jsonl").exists()
 
 
 def test_listings_name_their_files_in_a_path_column(tmp_path):

@@ -217,22 +217,34 @@ class BatchJob:
         """Held while a run writes this output (both engines): a second run refuses, naming the first."""
         return exclusive_lock(self.output.with_name(self.output.name + ".lock"), str(self.output))
 
-    def write_output(self, records: Iterable[dict[str, Any]]) -> None:
-        """The output file from ``records`` (``CaptionResult.to_dict``), at once: a COCO results JSON of
-        this job's captioned files, or every record as JSONL or CSV lines."""
+    def journal(self) -> Journal:
+        """Where runs record every file's result, and so what a rerun skips: the output itself (JSONL,
+        CSV), or ``<output>.progress.jsonl`` beside a COCO results JSON. Delete a file's line to caption it
+        again."""
         if self.fmt == "coco":
-            atomic_write_json(self.output, [{"image_id": self.image_ids[r["source"]], "caption": r["caption"]}
-                                            for r in records
-                                            if "caption" in r and r.get("source") in self.image_ids])
-            return
+            return Journal(self.output.with_name(self.output.name + ".progress.jsonl"), "jsonl")
+        return Journal(self.output, self.fmt)
+
+    def write_journal(self, records: Iterable[dict[str, Any]]) -> None:
+        """The journal replaced whole, at once, by ``records`` (``CaptionResult.to_dict``); then, for COCO
+        results, the JSON from it."""
+        journal = self.journal()
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                writer = JournalWriter(handle, self.fmt == "csv", write_header=True)
+                writer = JournalWriter(handle, journal.csv, write_header=True)
                 for record in records:
                     writer.write(record)
 
-        atomic_write(self.output, write)
+        atomic_write(journal.path, write)
+        if self.fmt == "coco":
+            self.write_coco(journal.records())
+
+    def write_coco(self, records: Iterable[dict[str, Any]]) -> None:
+        """The COCO results JSON of this job's captioned files among ``records``."""
+        atomic_write_json(self.output, [{"image_id": self.image_ids[r["source"]], "caption": r["caption"]}
+                                        for r in records
+                                        if "caption" in r and r.get("source") in self.image_ids])
 
 
 def caption_files(
@@ -257,8 +269,7 @@ def caption_files(
 def _caption_job(captioner: Captioner, job: BatchJob, batch_size: int, num_workers: int | None,
                  progress: bool) -> BatchSummary:
     settings = captioner.resolve_decoding(job.decoding)
-    journal = Journal(job.output.with_name(job.output.name + ".progress.jsonl")
-                      if job.fmt == "coco" else job.output, job.fmt)
+    journal = job.journal()
 
     done, bad = set(), set()
     for record in journal.records():  # one pass over what earlier runs wrote
@@ -285,7 +296,7 @@ def _caption_job(captioner: Captioner, job: BatchJob, batch_size: int, num_worke
             bar.update()
     summary.seconds = time.perf_counter() - started
     if job.fmt == "coco":
-        job.write_output(journal.records())
+        job.write_coco(journal.records())
     return summary
 
 

@@ -1,14 +1,21 @@
 """``caption batch --engine ray``: the batch captioner on Ray Data, for more cores, GPUs or machines.
 
-The files are cut into blocks of ``block_size`` in input order. Each block is one row of a Ray dataset;
-``map_batches`` hands rows to a pool of actors, each holding one Captioner (loaded once per actor), which
-read and decode the block's images themselves (the same loader and per-file error reports as the local
-engine) and write the block's results to ``<output>.blocks/<block>.jsonl`` atomically before returning.
-A block's file name carries a hash of its file list, so a rerun of the same command skips every block on
-disk and only those: a killed driver loses the blocks in flight; a killed actor is restarted by Ray and its
-block retried (Ray Data's default ``max_restarts=-1``, ``max_task_retries=-1``), and a retried block
-replaces its file whole, so no file is captioned into the output twice. When every block is done the
-merged output (JSONL, CSV or COCO results JSON, as the local engine writes it) is written atomically.
+What the output's journal (see ``BatchJob.journal``) does not hold yet is cut into blocks of ``block_size``
+files in input order. Each block is one row of a Ray dataset; ``map_batches`` hands rows to a pool of
+actors, each holding one Captioner (loaded once per actor), which read and decode the block's images
+themselves (the same loader and per-file error reports as the local engine) and write the block's results
+to ``<output>.blocks/<block>.jsonl`` atomically before returning. A rerun counts every record in that
+folder as done: a killed driver loses the blocks in flight; a killed actor is restarted by Ray and its block
+retried (Ray Data's default ``max_restarts=-1``, ``max_task_retries=-1``), and a retried block replaces its
+file whole, so no file is captioned into the output twice. When every block is done the journal is
+rewritten atomically with the new records after the old ones (and, for COCO results, the JSON from it),
+and the blocks folder is removed: as with the local engine, deleting a file's line from the journal makes
+the next run caption that file again.
+
+Failures are the local engine's: the model is loaded here once before any actor starts, so a bad model gets
+the same message and exit status; an unreachable ``--address`` is found by a plain connection first; and
+actors that cannot be placed (no GPU, too few CPUs) end the run after ``startup_timeout`` seconds, naming
+what the cluster has. Any other Ray failure is reported as an ``EngineError`` with its cause's last line.
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +36,11 @@ from typing import Any
 from tqdm import tqdm
 
 from caption.config import DecodingConfig
+from caption.errors import EngineError
 from caption.serving.batch import BatchJob, BatchSummary
 from caption.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install 'caption[ray]' (or pip install 'ray[data]')"
 
@@ -114,59 +128,164 @@ def caption_files_ray(
     block_size: int = 256,
     batch_size: int = 32,
     num_workers: int | None = None,
+    startup_timeout: float = 300.0,
     progress: bool = True,
 ) -> BatchSummary:
     """Caption ``files`` into ``output`` on a Ray cluster (``address``: ``auto``, ``HOST:PORT``, or None for a
     local one started here) with the model directory ``model``; ``decoding``: the settings to use (a
-    mapping: those given, the model's defaults for the rest). See the module docstring."""
+    mapping: those given, the model's defaults for the rest); ``startup_timeout``: seconds to wait for every
+    actor to be placed and to load its model. See the module docstring."""
     ray = import_ray()
     # Checked here, not in every actor: a bad value or a missing image id fails before Ray starts.
     job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
     if actors < 1:
         raise ValueError(f"--actors {actors} is not allowed: choose a whole number, 1 or more")
+    if startup_timeout <= 0:
+        raise ValueError(f"--startup-timeout {startup_timeout} is not allowed: choose seconds, more than 0")
+    check_model(model)
+    if address not in (None, "auto", "local"):
+        check_address(address)
     with job.lock():
         return _run_blocks(ray, job, model, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            cpus_per_actor=cpus_per_actor, block_size=block_size, batch_size=batch_size,
-                           num_workers=num_workers, progress=progress)
+                           num_workers=num_workers, startup_timeout=startup_timeout, progress=progress)
+
+
+def check_model(model: str) -> None:
+    """Load the model once here, on the CPU, so that a bad one fails as the local engine fails (the same
+    message, exit status 2) instead of as a dead actor."""
+    from caption.api import Captioner
+
+    Captioner.load(model, device="cpu")
+
+
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """Refuse an address nothing answers at, which ``ray.init`` would retry without end."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({err.strerror or err}): start one there "
+                              "with `ray start --head`, give the address `ray status` prints, or leave out "
+                              "--address to start a local one") from None
+
+
+_CAUSE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def engine_error(err: Exception, startup_timeout: float, needs: str, has: str) -> EngineError:
+    """A Ray failure in one line: the cause an actor raised (the last ``SomeError: ...`` line of the
+    traceback Ray forwards), or, for actors that could not be placed, what they ask for and what there is."""
+    text = str(err)
+    if "Timed out while starting actors" in text:
+        return EngineError(f"the Ray actors did not start within {startup_timeout:g} s: each asks for "
+                           f"{needs}, and the cluster has {has}. Ask for less (--cpus-per-actor, "
+                           "--gpus-per-actor, --actors), add nodes, or wait longer (--startup-timeout)")
+    causes = [m for line in text.splitlines() if (m := _CAUSE.match(line.strip()))]
+    reason = f"{causes[-1].group(1)}: {causes[-1].group(2)}" if causes else text.strip().splitlines()[0]
+    return EngineError(f"the Ray engine failed: {reason}")
+
+
+def _earlier_results(job: BatchJob, blocks_dir: Path) -> tuple[set[str], set[str], set[str]]:
+    """The files the journal holds; those it or a killed run's blocks hold (done); those recorded as bad."""
+    in_journal, done, bad = set(), set(), set()
+    for record in job.journal().records():
+        if "source" in record:
+            in_journal.add(record["source"])
+            if "error" in record:
+                bad.add(record["source"])
+    done |= in_journal
+    for path in blocks_dir.glob("block-*.jsonl"):  # one block in memory at a time
+        for record in read_block(path):
+            done.add(record["source"])
+            if "error" in record:
+                bad.add(record["source"])
+    return in_journal, done, bad
 
 
 def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: int, gpus_per_actor: float,
                 cpus_per_actor: float, block_size: int, batch_size: int, num_workers: int | None,
-                progress: bool) -> BatchSummary:
-    """The blocks of ``job`` not on disk yet through the actor pool, then the merged output."""
-    output, files = job.output, list(job.files)
+                startup_timeout: float, progress: bool) -> BatchSummary:
+    """What the journal and the blocks folder do not hold through the actor pool, then the journal."""
+    output = job.output
     blocks_dir = output.with_name(output.name + ".blocks")
     blocks_dir.mkdir(parents=True, exist_ok=True)
     for stale in blocks_dir.glob(".*.tmp"):  # a writer killed mid-write; its block is redone
         stale.unlink(missing_ok=True)
-    blocks = plan_blocks(files, block_size)
-    done = [b for b in blocks if (blocks_dir / b.name).is_file()]
-    todo = [b for b in blocks if not (blocks_dir / b.name).is_file()]
-    summary = BatchSummary(output=output, total=len(files))
-    for block in done:  # one block in memory at a time
-        earlier = read_block(blocks_dir / block.name)
-        summary.already_done += len(earlier)
-        summary.failed_before += sum("error" in r for r in earlier)
+    in_journal, done, bad = _earlier_results(job, blocks_dir)
+    todo = [f for f in job.files if f not in done]
+    blocks = plan_blocks(todo, block_size)
+    summary = BatchSummary(output=output, total=len(job.files), already_done=len(job.files) - len(todo),
+                           failed_before=sum(f in bad for f in job.files))
 
     started, wall_start = time.perf_counter(), time.time()
-    if todo:
+    if blocks:
         ours = not ray.is_initialized()  # a caller's own ray.init() is left as it is
         if ours:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files, not blocks
-        rows = [{"name": b.name, "files": json.dumps(list(b.files))} for b in todo]
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            BlockCaptioner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor, fn_constructor_kwargs={
-                "model": str(model), "device": "cuda" if gpus_per_actor else "cpu",
-                "decoding": job.decoding,
-                "blocks_dir": str(blocks_dir.resolve()), "batch_size": batch_size, "num_workers": num_workers,
-                "cwd": os.getcwd(), "threads": max(1, int(cpus_per_actor))})
-        sizes = {b.name: len(b.files) for b in todo}
-        ready: list[float] = []
-        bar = tqdm(total=sum(sizes.values()), unit="img", disable=not progress, dynamic_ncols=True)
+        try:
+            summary.startup_seconds = _caption_blocks(
+                ray, job, blocks, blocks_dir, summary, model=model, actors=actors,
+                gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
+                num_workers=num_workers, startup_timeout=startup_timeout, progress=progress,
+                wall_start=wall_start)
+        finally:
+            if ours:
+                ray.shutdown()
+    summary.seconds = time.perf_counter() - started - summary.startup_seconds
+    # The journal rewritten at once: what it held, then the new records in input order. Records stream
+    # through block by block, so memory holds one block, not the archive.
+    job.write_journal(_merged(job, in_journal, list(blocks_dir.glob("block-*.jsonl"))))
+    shutil.rmtree(blocks_dir, ignore_errors=True)
+    return summary
+
+
+def _merged(job: BatchJob, in_journal: set[str], blocks: list[Path]) -> Iterator[dict[str, Any]]:
+    """The journal's records, then the blocks' in input order (a block holds consecutive files; this run's
+    and a killed run's blocks are ordered by their first file)."""
+    yield from job.journal().records()
+    position = {source: i for i, source in enumerate(job.files)}
+
+    def first_file(path: Path) -> int:
+        with open(path, encoding="utf-8") as handle:
+            return position.get(json.loads(handle.readline() or "{}").get("source"), len(position))
+
+    for path in sorted(blocks, key=first_file):
+        yield from (r for r in read_block(path) if r["source"] not in in_journal)
+
+
+def _caption_blocks(ray, job: BatchJob, blocks: list[Block], blocks_dir: Path, summary: BatchSummary, *,
+                    model: str, actors: int, gpus_per_actor: float, cpus_per_actor: float, batch_size: int,
+                    num_workers: int | None, startup_timeout: float, progress: bool,
+                    wall_start: float) -> float:
+    """Every block through the actor pool, counted into ``summary``; returns the start-up seconds (the
+    actors' processes and models, until the first actor is ready to caption)."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)  # its traceback: we say it in a line
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts files, not blocks
+    context.wait_for_min_actors_s = max(1, round(startup_timeout))  # else Ray waits for ever
+    needs = f"{cpus_per_actor:g} CPU" + (f" and {gpus_per_actor:g} GPU" if gpus_per_actor else "")
+    resources = ray.cluster_resources()
+    has = f"{resources.get('CPU', 0):g} CPU and {resources.get('GPU', 0):g} GPU"
+    if resources.get("CPU", 0) < cpus_per_actor * actors or resources.get("GPU", 0) < gpus_per_actor * actors:
+        logger.warning("%d actor(s) of %s each do not fit the cluster's %s now: waiting up to %g s for nodes "
+                       "(--startup-timeout)", actors, needs, has, startup_timeout)
+    rows = [{"name": b.name, "files": json.dumps(list(b.files))} for b in blocks]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        BlockCaptioner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor, fn_constructor_kwargs={
+            "model": str(model), "device": "cuda" if gpus_per_actor else "cpu",
+            "decoding": job.decoding,
+            "blocks_dir": str(blocks_dir.resolve()), "batch_size": batch_size, "num_workers": num_workers,
+            "cwd": os.getcwd(), "threads": max(1, int(cpus_per_actor))})
+    sizes = {b.name: len(b.files) for b in blocks}
+    ready: list[float] = []
+    bar = tqdm(total=sum(sizes.values()), unit="img", disable=not progress, dynamic_ncols=True)
+    try:
         with bar:
             for row in dataset.iter_rows():
                 summary.captioned += int(row["captioned"])
@@ -174,12 +293,6 @@ def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: 
                 if row["ready_at"]:
                     ready.append(float(row["ready_at"]))
                 bar.update(sizes[row["name"]])
-        if ours:
-            ray.shutdown()
-        # Start-up: the cluster, the actors' processes and models, until the first actor is ready to caption.
-        summary.startup_seconds = max(0.0, min(ready, default=wall_start) - wall_start)
-    summary.seconds = time.perf_counter() - started - summary.startup_seconds
-    # The whole output, in input order, written at once as the local engine writes it. Records stream
-    # through block by block, so memory holds one block, not the archive.
-    job.write_output(r for b in blocks for r in read_block(blocks_dir / b.name))
-    return summary
+    except ray.exceptions.RayError as err:
+        raise engine_error(err, startup_timeout, needs, has) from None
+    return max(0.0, min(ready, default=wall_start) - wall_start)

@@ -26,6 +26,9 @@ LITE0_PACKAGE = LITE_PACKAGES["efficientnet_lite0"]
 WEIGHT_SOURCES = ("timm", "none", *LITE_PACKAGES.values())
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+# Inference precisions (caption.utils.runtime.inference_dtype); here so the command line can offer them
+# without importing torch.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def score_names(metrics: typing.Iterable[str]) -> list[str]:

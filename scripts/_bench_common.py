@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from caption.api import pick_device
-from caption.utils.runtime import peak_memory_mb, reexec_with_malloc_tuning
+from caption.utils.runtime import peak_memory_mb
 
 __all__ = ["DATA", "REPO", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "run_isolated"]
 
@@ -21,11 +21,10 @@ DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data"))
 
 
 def parse_bench_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device]:
-    """Add the options every benchmark shares, parse, and tune malloc as the caption command does."""
+    """Add the options every benchmark shares, and parse (importing caption has set glibc's heap)."""
     parser.add_argument("--device", default="auto")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # set when run_isolated runs one case
     args = parser.parse_args()
-    reexec_with_malloc_tuning()  # the cases inherit it
     return args, pick_device(args.device)
 
 

@@ -9,10 +9,8 @@ and files/s does not fall as folders grow).
 Each folder is made at run time in a temporary directory: small JPEGs of noise over a gradient, in
 sub-folders of 1,000, with a share of bad files (empty files, and text files named .jpg) so that failure
 reporting is exercised. Each run is `python -m caption.cli batch FOLDER --out OUT.jsonl` in its own process;
-its peak resident memory is the ru_maxrss that os.wait4 returns for it. The command re-executes itself once
-at start (malloc tuning, os.execve: same pid), and the kernel keeps the peak across the exec, so the figure
-is the larger of the two images' peaks: the captioning one's. The exit status is 1 when any file is bad, on
-the first run and on the resume (which counts the bad files recorded earlier): expected here.
+its peak resident memory is the ru_maxrss that os.wait4 returns for it. The exit status is 1 when any file
+is bad, on the first run and on the resume (which counts the bad files recorded earlier): expected here.
 """
 
 from __future__ import annotations
@@ -75,13 +73,13 @@ def run_batch(folder: Path, out: Path, beam_size: int, device: str, log: Path,
     output had reached half, and nine tenths, of its final size (sampled every 0.1 s; None for a resume)."""
     command = [sys.executable, "-m", "caption.cli", "batch", str(folder), "--out", str(out),
                "--beam-size", str(beam_size), "--no-progress", "--device", device]
-    env = dict(os.environ) if malloc_tuning else dict(os.environ, CAPTION_MALLOC_TUNED="0")
+    env = dict(os.environ) if malloc_tuning else dict(os.environ, CAPTION_MALLOC_TUNING="0")
     size_before = out.stat().st_size if out.is_file() else 0
     samples: list[tuple[int, int]] = []  # (output bytes, RSS KB)
     with open(log, "w") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stderr, stderr=subprocess.STDOUT)
-        while True:  # the child's own rusage, unlike RUSAGE_CHILDREN; the same pid across its re-exec
+        while True:  # the child's own rusage, unlike RUSAGE_CHILDREN
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -135,8 +133,8 @@ def main() -> int:
     parser.add_argument("--beam-size", type=int, default=1, help="beams per image (1: greedy, quick)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="run the command with CAPTION_MALLOC_TUNED=0 (glibc's defaults: freed memory is "
-                             "trimmed)")
+                        help="run the command with CAPTION_MALLOC_TUNING=0 (glibc's defaults: freed memory "
+                             "is trimmed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders and outputs")
     args = parser.parse_args()
 

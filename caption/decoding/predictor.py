@@ -10,14 +10,18 @@ from caption.data.images import ImageTransform
 from caption.data.vocab import Vocabulary
 from caption.decoding.beam import Hypothesis, beam_search
 from caption.models.captioner import CaptionModel
-from caption.utils.runtime import cuda_autocast
+from caption.utils.runtime import inference_autocast, inference_dtype
 
 
 class Predictor:
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device):
+    """``precision``: ``auto``, ``fp32`` or ``bf16`` (see ``caption.utils.runtime.inference_dtype``)."""
+
+    def __init__(self, model: CaptionModel, vocab: Vocabulary, device: torch.device, precision: str = "auto"):
         self.model = model
         self.vocab = vocab
         self.device = device
+        inference_dtype(device, precision)  # refuses an unknown precision here, not at the first batch
+        self.precision = precision
         cfg = model.encoder_cfg
         self.transform = ImageTransform(cfg.image_size, cfg.mean, cfg.std)
         # Frames per video: one per temporal position of a video model; 8 for an image model used zero-shot.
@@ -27,7 +31,7 @@ class Predictor:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) or videos' frames (B, F, 3, S, S), already normalised, to features (B, N, C)
         or (B, F*N, C) in fp32."""
-        with cuda_autocast(self.device):
+        with inference_autocast(self.device, self.precision):
             return self.model.encode(images.to(self.device, non_blocking=True)).float()  # (B, N, C)
 
     @torch.inference_mode()
@@ -37,7 +41,7 @@ class Predictor:
         """Beam search over encoder ``features`` (B, N, C): all items and all beams at once."""
         features = features.to(self.device)  # (B, N, C)
         mask = None if mask is None else mask.to(self.device)  # (B, N)
-        with cuda_autocast(self.device):
+        with inference_autocast(self.device, self.precision):
             return beam_search(self.model.decoder, self.model.positions(features), mask, decoding,
                                self.vocab.special)
 

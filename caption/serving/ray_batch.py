@@ -79,8 +79,8 @@ def read_block(path: Path) -> list[dict[str, Any]]:
 class BlockCaptioner:
     """A Ray Data actor: one Captioner, captioning a block per call and writing its results file."""
 
-    def __init__(self, model: str, device: str, decoding: dict[str, Any], blocks_dir: str, batch_size: int,
-                 num_workers: int | None, cwd: str, threads: int):
+    def __init__(self, model: str, device: str, precision: str, decoding: dict[str, Any], blocks_dir: str,
+                 batch_size: int, num_workers: int | None, cwd: str, threads: int):
         import torch
 
         from caption.api import Captioner
@@ -90,7 +90,7 @@ class BlockCaptioner:
         # too (a shared file system mounted at the same path), else give absolute paths.
         if Path(cwd).is_dir():
             os.chdir(cwd)
-        self.captioner = Captioner.load(model, device=device)
+        self.captioner = Captioner.load(model, device=device, precision=precision)
         # the model's defaults for what is not given
         self.decoding = self.captioner.resolve_decoding(decoding)
         self.blocks_dir = Path(blocks_dir)
@@ -129,12 +129,14 @@ def caption_files_ray(
     batch_size: int = 32,
     num_workers: int | None = None,
     startup_timeout: float = 300.0,
+    precision: str = "auto",
     progress: bool = True,
 ) -> BatchSummary:
     """Caption ``files`` into ``output`` on a Ray cluster (``address``: ``auto``, ``HOST:PORT``, or None for a
     local one started here) with the model directory ``model``; ``decoding``: the settings to use (a
     mapping: those given, the model's defaults for the rest); ``startup_timeout``: seconds to wait for every
-    actor to be placed and to load its model. See the module docstring."""
+    actor to be placed and to load its model; ``precision``: as ``Captioner.load``'s. See the module
+    docstring."""
     ray = import_ray()
     # Checked here, not in every actor: a bad value or a missing image id fails before Ray starts.
     job = BatchJob.plan(files, output, fmt=fmt, annotations=annotations, decoding=decoding)
@@ -142,21 +144,22 @@ def caption_files_ray(
         raise ValueError(f"--actors {actors} is not allowed: choose a whole number, 1 or more")
     if startup_timeout <= 0:
         raise ValueError(f"--startup-timeout {startup_timeout} is not allowed: choose seconds, more than 0")
-    check_model(model)
+    check_model(model, precision)
     if address not in (None, "auto", "local"):
         check_address(address)
     with job.lock():
         return _run_blocks(ray, job, model, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            cpus_per_actor=cpus_per_actor, block_size=block_size, batch_size=batch_size,
-                           num_workers=num_workers, startup_timeout=startup_timeout, progress=progress)
+                           num_workers=num_workers, startup_timeout=startup_timeout, precision=precision,
+                           progress=progress)
 
 
-def check_model(model: str) -> None:
+def check_model(model: str, precision: str = "auto") -> None:
     """Load the model once here, on the CPU, so that a bad one fails as the local engine fails (the same
     message, exit status 2) instead of as a dead actor."""
     from caption.api import Captioner
 
-    Captioner.load(model, device="cpu")
+    Captioner.load(model, device="cpu", precision=precision)
 
 
 def check_address(address: str, timeout: float = 10.0) -> None:
@@ -207,7 +210,7 @@ def _earlier_results(job: BatchJob, blocks_dir: Path) -> tuple[set[str], set[str
 
 def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: int, gpus_per_actor: float,
                 cpus_per_actor: float, block_size: int, batch_size: int, num_workers: int | None,
-                startup_timeout: float, progress: bool) -> BatchSummary:
+                startup_timeout: float, precision: str, progress: bool) -> BatchSummary:
     """What the journal and the blocks folder do not hold through the actor pool, then the journal."""
     output = job.output
     blocks_dir = output.with_name(output.name + ".blocks")
@@ -230,8 +233,8 @@ def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: 
             summary.startup_seconds = _caption_blocks(
                 ray, job, blocks, blocks_dir, summary, model=model, actors=actors,
                 gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
-                num_workers=num_workers, startup_timeout=startup_timeout, progress=progress,
-                wall_start=wall_start)
+                num_workers=num_workers, startup_timeout=startup_timeout, precision=precision,
+                progress=progress, wall_start=wall_start)
         finally:
             if ours:
                 ray.shutdown()
@@ -259,7 +262,7 @@ def _merged(job: BatchJob, in_journal: set[str], blocks: list[Path]) -> Iterator
 
 def _caption_blocks(ray, job: BatchJob, blocks: list[Block], blocks_dir: Path, summary: BatchSummary, *,
                     model: str, actors: int, gpus_per_actor: float, cpus_per_actor: float, batch_size: int,
-                    num_workers: int | None, startup_timeout: float, progress: bool,
+                    num_workers: int | None, startup_timeout: float, precision: str, progress: bool,
                     wall_start: float) -> float:
     """Every block through the actor pool, counted into ``summary``; returns the start-up seconds (the
     actors' processes and models, until the first actor is ready to caption)."""
@@ -278,7 +281,7 @@ def _caption_blocks(ray, job: BatchJob, blocks: list[Block], blocks_dir: Path, s
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         BlockCaptioner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor, fn_constructor_kwargs={
-            "model": str(model), "device": "cuda" if gpus_per_actor else "cpu",
+            "model": str(model), "device": "cuda" if gpus_per_actor else "cpu", "precision": precision,
             "decoding": job.decoding,
             "blocks_dir": str(blocks_dir.resolve()), "batch_size": batch_size, "num_workers": num_workers,
             "cwd": os.getcwd(), "threads": max(1, int(cpus_per_actor))})

@@ -23,6 +23,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 def _prepare(args: argparse.Namespace) -> int:
     from caption.data.convert import convert_flickr8k, convert_karpathy, convert_msrvtt, convert_msvd
 
+    if args.source == "table":
+        from caption.data.tables import prepare_table
+
+        prepare_table(args.input, args.out, images=args.images, image_column=args.image_column,
+                      caption_column=args.caption_column, split_column=args.split_column,
+                      dev_fraction=args.dev_fraction, seed=args.seed, images_out=args.images_out)
+        return 0
     if args.source == "msvd":
         root = Path(args.input)
         if root.is_file() and root.suffix.lower() == ".csv":
@@ -299,11 +306,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare",
                                   help="convert a data set to COCO caption JSON, one file per split")
-    prepare.add_argument("source", choices=["flickr8k", "karpathy", "msvd", "msrvtt"])
+    prepare.add_argument("source", choices=["table", "flickr8k", "karpathy", "msvd", "msrvtt"])
     prepare.add_argument("input",
-                         help="flickr8k: the folder with Flickr8k.token.txt; karpathy: dataset_*.json; "
-                              "msvd: the folder with the mapping and sents_* files, or the corpus CSV; "
-                              "msrvtt: the folder with *videodatainfo.json, or one such file")
+                         help="table: a .csv, .tsv, .jsonl or .parquet of images and captions, or an "
+                              "imagefolder (images + metadata.jsonl/.csv); flickr8k: the folder with "
+                              "Flickr8k.token.txt; karpathy: dataset_*.json; msvd: the folder with the "
+                              "mapping and sents_* files, or the corpus CSV; msrvtt: the folder with "
+                              "*videodatainfo.json, or one such file")
+    prepare.add_argument("--images", help="table: the folder image names are relative to (default: the "
+                                          "table's)")
+    prepare.add_argument("--image-column", help="table: the column naming the image (default: guessed: "
+                                                "image, file_name, path, ...)")
+    prepare.add_argument("--caption-column", help="table: the caption column, a text or a list of texts "
+                                                  "(default: guessed: caption, captions, text, ...)")
+    prepare.add_argument("--split-column", help="table: the split of each row (default: a 'split' column if "
+                                                "there is one, else --dev-fraction)")
+    prepare.add_argument("--dev-fraction", type=float, default=0.1,
+                         help="table without a split column: the share of images (never of captions) for dev")
+    prepare.add_argument("--seed", type=int, default=0, help="table: the seed of that split")
+    prepare.add_argument("--images-out", help="table: write images stored in the table (Parquet from the "
+                                              "Hub) to this folder")
     prepare.add_argument("--mapping",
                          help="msvd: youtube_video_to_id_mapping.txt (default: in the input folder)")
     prepare.add_argument("--videos", help="msvd: the clips folder, to name each clip's actual file")

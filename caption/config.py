@@ -29,6 +29,7 @@ METRIC_NAMES = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 # Inference precisions (caption.utils.runtime.inference_dtype); here so the command line can offer them
 # without importing torch.
 PRECISIONS = ("auto", "fp32", "bf16")
+VOCAB_MODES = ("auto", "extend")  # data.vocab
 
 
 def score_names(metrics: typing.Iterable[str]) -> list[str]:
@@ -159,6 +160,10 @@ class DataConfig:
     val: list[DataSetConfig] = field(default_factory=list)
     min_word_count: int = 5
     max_caption_length: int = 20
+    # auto: the train.init_from model's vocabulary as it is, else one built from the captions. extend (with
+    # train.init_from): the model's words in their order, then the new data's words seen min_word_count
+    # times, so the model can learn to write them (caption.models.io.load_weights says how they start).
+    vocab: str = "auto"
     # 0 uses every validation image; a smaller number keeps validation quick on big splits (per split).
     max_val_images: int = 0
     # Video data: frames sampled uniformly from each video (its "image" entries are video files); 0: images.
@@ -179,6 +184,7 @@ class DataConfig:
         return [DataSetConfig(self.val_annotations, self.val_images or self.train_images, 1.0, "val")]
 
     def validate(self) -> None:
+        _choice(self.vocab, "data.vocab", VOCAB_MODES)
         _require(not (self.train and (self.train_annotations or self.train_images)), "data.train",
                  "and data.train_annotations/train_images are both set: give the sets as data.train only")
         _require(not (self.val and (self.val_annotations or self.val_images)), "data.val",
@@ -398,6 +404,9 @@ class Config:
         _require(self.decoder.temporal_positions in (0, self.data.num_frames), "decoder.temporal_positions",
                  f"is {self.decoder.temporal_positions} but data.num_frames is {self.data.num_frames}: "
                  "a video model has one temporal position per sampled frame (or 0 for none)")
+        _require(self.data.vocab != "extend" or bool(self.train.init_from), "data.vocab",
+                 "is extend, which adds the training data's new words to the vocabulary of train.init_from: "
+                 "name the model to start from there, or set data.vocab=auto")
         return self
 
     def to_dict(self) -> dict[str, Any]:

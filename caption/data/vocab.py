@@ -67,6 +67,14 @@ class Vocabulary:
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         return cls(list(SPECIAL_TOKENS) + kept, min_count=min_count, max_length=max_length)
 
+    def extended(self, captions: Iterable[str], min_count: int) -> Vocabulary:
+        """This vocabulary with the words of ``captions`` seen at least ``min_count`` times that it lacks
+        appended, most frequent first (ties alphabetical): every old word keeps its id."""
+        counts = Counter(word for text in captions for word in tokenize(text))
+        new = sorted((w for w, c in counts.items() if c >= min_count and w not in self.index),
+                     key=lambda w: (-counts[w], w))
+        return Vocabulary(self.words + new, min_count=self.min_count, max_length=self.max_length)
+
     def encode(self, text: str) -> list[int]:
         """``<bos> w1 ... wn <eos>``, with at most ``max_length`` words and rare words as ``<unk>``."""
         ids = [self.index.get(word, self.unk_id) for word in tokenize(text)[: self.max_length]]

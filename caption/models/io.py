@@ -129,8 +129,31 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
                          "cut short, a full disk): copy or export it again") from None
 
 
-def load_weights(model: CaptionModel, directory: str | Path) -> None:
-    """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored)."""
+# How far below <unk>'s logit a word added to a vocabulary starts: a new word is e^8 (about 3,000) times
+# less likely than <unk> (which decoding never writes), so the captions of the data the model knows do not
+# change, while its output row, a copy of <unk>'s, already fires where a word the model did not know fits.
+NEW_WORD_LOGIT_GAP = 8.0
+VOCAB_ROWS = ("embedding.weight", "output.weight", "output.bias")  # the decoder weights, one row per word
+
+
+def grow_vocabulary(part: dict[str, torch.Tensor], rows: int, unk_id: int) -> dict[str, torch.Tensor]:
+    """A decoder's saved weights for a vocabulary of ``rows`` words that extends theirs (the old words keep
+    their ids): each new word's embedding and output row start as <unk>'s (the model saw every word it did
+    not know as <unk>), its output bias ``NEW_WORD_LOGIT_GAP`` below."""
+    grown = dict(part)
+    for key in VOCAB_ROWS:
+        old = part[key]  # (V_old, ...) or (V_old,)
+        extra = old[unk_id : unk_id + 1].expand(rows - len(old), *old.shape[1:]).clone()  # (V_new - V_old, .)
+        if key == "output.bias":
+            extra -= NEW_WORD_LOGIT_GAP
+        grown[key] = torch.cat([old, extra])  # (V_new, ...)
+    return grown
+
+
+def load_weights(model: CaptionModel, directory: str | Path, *, grow_vocab: bool = False) -> None:
+    """Copy a model directory's weights into ``model`` (the decoder, and the encoder when stored).
+    ``grow_vocab``: ``model`` has a vocabulary that extends the directory's (``Vocabulary.extended``); its
+    new words start as ``grow_vocabulary`` says."""
     path = Path(directory) / WEIGHTS_FILE
     state = {LEGACY_KEYS.get(key, key): value for key, value in read_safetensors(path).items()}
     for prefix, module in (("decoder.", model.decoder), ("positions.", model.positions),
@@ -140,6 +163,8 @@ def load_weights(model: CaptionModel, directory: str | Path) -> None:
             continue  # a frozen encoder from a named source is not stored
         own = module.state_dict()
         part = {k: v.to(own[k].dtype) if k in own else v for k, v in part.items()}  # fp16 files load as fp32
+        if grow_vocab and prefix == "decoder." and len(part["output.bias"]) < len(own["output.bias"]):
+            part = grow_vocabulary(part, len(own["output.bias"]), Vocabulary.unk_id)
         try:
             module.load_state_dict(part, strict=True)
         except RuntimeError as err:

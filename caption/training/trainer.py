@@ -243,9 +243,19 @@ class Trainer:
             self.vocab = Vocabulary.load(self.resume_from / VOCAB_FILE)
         elif self.init_from is not None:
             self.vocab = Vocabulary.load(self.init_from / VOCAB_FILE)
+            if cfg.data.vocab == "extend":
+                known = len(self.vocab)
+                self.vocab = self.vocab.extended(self._train_texts(), cfg.data.min_word_count)
+                added = self.vocab.words[known:]
+                listed = ", ".join(added[:12]) + (", ..." if len(added) > 12 else "")
+                logger.info("vocabulary: the %d words of %s, and %d new ones seen %d times or more (%s)",
+                            known, self.init_from, len(added), cfg.data.min_word_count, listed or "none")
         else:  # one vocabulary over the union: min_word_count counts a word over every set's captions
-            texts = [text for split in self.train_sets for text in split.all_captions()]
-            self.vocab = Vocabulary.build(texts, cfg.data.min_word_count, cfg.data.max_caption_length)
+            self.vocab = Vocabulary.build(self._train_texts(), cfg.data.min_word_count,
+                                          cfg.data.max_caption_length)
+
+    def _train_texts(self) -> list[str]:
+        return [text for split in self.train_sets for text in split.all_captions()]
 
     def _read_val_sets(self) -> None:
         """The dev splits to validate on (data.val), cut to data.max_val_images; none if validation is off."""
@@ -266,7 +276,7 @@ class Trainer:
         cfg = self.config
         self.model = CaptionModel(cfg.encoder, cfg.decoder, len(self.vocab)).to(self.device)
         if self.init_from is not None:
-            load_weights(self.model, self.init_from)
+            load_weights(self.model, self.init_from, grow_vocab=cfg.data.vocab == "extend")
             logger.info("starting from the weights of %s", self.init_from)
 
     def _encode_features(self) -> dict[tuple[str, Any], CachedFeatures | None]:

@@ -77,14 +77,21 @@ def read_rows(path: Path) -> Iterator[Row]:
                         values = {"__unreadable__": "not a JSON object"}
                     yield Row(f"{path}:{number}", values)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
+        pq = _parquet()
         for number, values in enumerate(pq.read_table(path).to_pylist()):
             yield Row(f"{path}: row {number}", values)
     else:
         raise TableError(f"{path}: not a table caption prepare reads; use .csv (or a comma-separated .txt, "
                          "as Flickr8k's captions.txt), .tsv, .jsonl or .parquet, or a folder of images with "
                          f"{' or '.join(METADATA_FILES)}")
+
+
+def _parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TableError("reading Parquet needs pyarrow: pip install 'caption[parquet]'") from None
+    return pq
 
 
 def _columns(path: Path) -> list[str]:
@@ -94,9 +101,7 @@ def _columns(path: Path) -> list[str]:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             return next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), [])
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
+        return list(_parquet().read_schema(path).names)
     for row in read_rows(path):
         if "__unreadable__" not in row.values:
             return list(row.values)

@@ -205,7 +205,7 @@ def collect(rows: Iterator[Row], *, images: Path, image_column: str, caption_col
     return prepared
 
 
-def _duplicates(prepared: Prepared, images: Path, written: Path | None) -> None:
+def _duplicates(prepared: Prepared, images: Path) -> None:
     """One image under two names would be in two places of the data (and perhaps two splits)."""
     seen: dict[str, str] = {}
     for name in sorted(prepared.captions):
@@ -273,7 +273,7 @@ def prepare_table(
     prepared = collect(read_rows(table), images=root, image_column=image_column,
                        caption_column=caption_column, split_column=split_column, written=written)
     if not prepared.problems:
-        _duplicates(prepared, root, written)
+        _duplicates(prepared, root)
     if prepared.problems:
         more = len(prepared.problems) - MAX_REPORTED
         listed = "\n  ".join(prepared.problems[:MAX_REPORTED])

@@ -217,6 +217,14 @@ class BatchJob:
         """Held while a run writes this output (both engines): a second run refuses, naming the first."""
         return exclusive_lock(self.output.with_name(self.output.name + ".lock"), str(self.output))
 
+    def resume(self, done: set[str], bad: set[str]) -> tuple[list[str], BatchSummary]:
+        """The files still to caption, given those earlier runs recorded (``done``; ``bad``: recorded as
+        unreadable), and the summary that starts with them."""
+        todo = [f for f in self.files if f not in done]
+        return todo, BatchSummary(output=self.output, total=len(self.files),
+                                  already_done=len(self.files) - len(todo),
+                                  failed_before=sum(f in bad for f in self.files))
+
     def journal(self) -> Journal:
         """Where runs record every file's result, and so what a rerun skips: the output itself (JSONL,
         CSV), or ``<output>.progress.jsonl`` beside a COCO results JSON. Delete a file's line to caption it
@@ -271,15 +279,7 @@ def _caption_job(captioner: Captioner, job: BatchJob, batch_size: int, num_worke
     settings = captioner.resolve_decoding(job.decoding)
     journal = job.journal()
 
-    done, bad = set(), set()
-    for record in journal.records():  # one pass over what earlier runs wrote
-        if "source" in record:
-            done.add(record["source"])
-            if "error" in record:
-                bad.add(record["source"])
-    todo = [f for f in job.files if f not in done]
-    summary = BatchSummary(output=job.output, total=len(job.files), already_done=len(job.files) - len(todo),
-                           failed_before=sum(f in bad for f in job.files))
+    todo, summary = job.resume(*recorded(journal.records()))  # one pass over what earlier runs wrote
     started = time.perf_counter()
     results = captioner.iter_captions(todo, batch_size=batch_size, num_workers=num_workers, decoding=settings)
     bar = tqdm(total=len(todo), unit="img", disable=not progress or not todo, dynamic_ncols=True)
@@ -298,6 +298,17 @@ def _caption_job(captioner: Captioner, job: BatchJob, batch_size: int, num_worke
     if job.fmt == "coco":
         job.write_coco(journal.records())
     return summary
+
+
+def recorded(records: Iterable[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """The files ``records`` (``CaptionResult.to_dict``) hold, and those of them recorded as bad."""
+    done, bad = set(), set()
+    for record in records:
+        if "source" in record:
+            done.add(record["source"])
+            if "error" in record:
+                bad.add(record["source"])
+    return done, bad
 
 
 def annotation_ids(path: str | Path) -> dict[str, int]:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from caption.config import DecodingConfig
 from caption.errors import EngineError
-from caption.serving.batch import BatchJob, BatchSummary
+from caption.serving.batch import BatchJob, BatchSummary, recorded
 from caption.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -193,19 +193,10 @@ def engine_error(err: Exception, startup_timeout: float, needs: str, has: str) -
 
 def _earlier_results(job: BatchJob, blocks_dir: Path) -> tuple[set[str], set[str], set[str]]:
     """The files the journal holds; those it or a killed run's blocks hold (done); those recorded as bad."""
-    in_journal, done, bad = set(), set(), set()
-    for record in job.journal().records():
-        if "source" in record:
-            in_journal.add(record["source"])
-            if "error" in record:
-                bad.add(record["source"])
-    done |= in_journal
-    for path in blocks_dir.glob("block-*.jsonl"):  # one block in memory at a time
-        for record in read_block(path):
-            done.add(record["source"])
-            if "error" in record:
-                bad.add(record["source"])
-    return in_journal, done, bad
+    in_journal, bad = recorded(job.journal().records())
+    in_blocks, bad_in_blocks = recorded(  # one block in memory at a time
+        record for path in blocks_dir.glob("block-*.jsonl") for record in read_block(path))
+    return in_journal, in_journal | in_blocks, bad | bad_in_blocks
 
 
 def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: int, gpus_per_actor: float,
@@ -218,10 +209,8 @@ def _run_blocks(ray, job: BatchJob, model: str, *, address: str | None, actors: 
     for stale in blocks_dir.glob(".*.tmp"):  # a writer killed mid-write; its block is redone
         stale.unlink(missing_ok=True)
     in_journal, done, bad = _earlier_results(job, blocks_dir)
-    todo = [f for f in job.files if f not in done]
+    todo, summary = job.resume(done, bad)
     blocks = plan_blocks(todo, block_size)
-    summary = BatchSummary(output=output, total=len(job.files), already_done=len(job.files) - len(todo),
-                           failed_before=sum(f in bad for f in job.files))
 
     started, wall_start = time.perf_counter(), time.time()
     if blocks:

@@ -32,6 +32,8 @@ class ErrorKind(str, Enum):
     UNSUPPORTED = "unsupported"  # a valid file whose pixel format cannot be shown as a photo
     PARAMETER = "parameter"  # a setting of the request (beam size, ...) is not allowed: see ParameterError
     SERVER = "server"  # the input was fine, but the server failed (out of memory, say): try again later
+    BUSY = "busy"  # the server holds all the work it can now (queue or upload space): retry after a while
+    UNAUTHORIZED = "unauthorized"  # the server asks for its API token and the request did not carry it
 
 
 class ImageLoadError(ValueError):
@@ -73,3 +75,18 @@ class ParameterError(ValueError):
 
 class EngineError(RuntimeError):
     """A batch engine (Ray) failed outside any one input: the message says why and what to do."""
+
+
+class ServerBusy(RuntimeError):
+    """The server refuses new work it could not hold (its queue or its upload space is full); nothing it
+    accepted is dropped. ``retry_after`` is when to try again, in whole seconds."""
+
+    kind = ErrorKind.BUSY
+
+    def __init__(self, reason: str, retry_after: int):
+        super().__init__(reason, retry_after)
+        self.reason = reason
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"the server is busy: {self.reason}; try again in {self.retry_after} s"

@@ -1,17 +1,20 @@
-"""The captioning web demo (``make demo``): upload a photo or a video, get its caption and where it looked.
+"""The captioning server (``make demo``): a web page to upload a photo or a video and see its caption and
+where the model looked, and an HTTP API on the same port for programs.
 
-    python demo/app.py [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860] [--share] [--keep-uploads 120]
+    python demo/app.py [--model NAME_OR_PATH] [--host 127.0.0.1] [--port 7860] [--api-token TOKEN] [--share]
 
 It listens on 127.0.0.1 only, unless --host says otherwise; --share asks Gradio for a public link.
-From Python: ``gradio_client.Client(url).predict(handle_file("photo.jpg"), 3, 20, api_name="/caption")``
-returns {"caption", "score", "beams", "words", "attention", "grid"}, or {"error"} for a bad file.
+    curl -F file=@photo.jpg -F beam_size=5 http://127.0.0.1:7860/v1/caption     # the HTTP API (docs: /docs)
+    gradio_client.Client(url).predict(handle_file("photo.jpg"), 3, 20, api_name="/caption")
+both return {"caption", "score", "beams", "words", "attention", "grid"}, or {"error", "error_kind"}.
+/healthz, /readyz and /metrics (Prometheus) are for load balancers and monitoring.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -59,39 +62,63 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16,
                         help="most concurrent requests per forward pass")
     parser.add_argument("--queue-size", type=int, default=64,
-                        help="requests waiting beyond this are turned away")
+                        help="requests waiting beyond this are turned away (the page's and the API's each)")
     parser.add_argument("--keep-uploads", type=float, default=120.0, metavar="SECONDS",
                         help="delete an upload no request has used for this long")
     parser.add_argument("--uploads-budget-mb", type=float, default=1024.0,
-                        help="beyond this, delete the least recently used uploads first")
+                        help="most disk the uploads may take; new ones are refused (503) beyond it")
+    parser.add_argument("--api-token", default=os.environ.get("CAPTION_API_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $CAPTION_API_TOKEN)")
+    parser.add_argument("--protect-page", action="store_true",
+                        help="ask for the API token on the page too (a login form: any user name)")
     args = parser.parse_args()
     setup_logging()
+    if args.protect_page and not args.api_token:
+        parser.error("--protect-page needs --api-token (or CAPTION_API_TOKEN)")
 
     from caption.api import Captioner
-    from caption.serving.web import CaptionService, Limits, build_app
+    from caption.serving.server import build_server, exposure_warning, serve
+    from caption.serving.service import CaptionService, Limits
+    from caption.serving.web import build_app
 
     captioner = Captioner.load(args.model, device=args.device, precision=args.precision)
     limits = Limits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels,
-                    max_video_seconds=args.max_video_seconds,
-                    max_batch_size=args.max_batch_size, keep_uploads_seconds=args.keep_uploads,
+                    max_video_seconds=args.max_video_seconds, max_batch_size=args.max_batch_size,
+                    queue_size=args.queue_size, keep_uploads_seconds=args.keep_uploads,
                     uploads_budget_mb=args.uploads_budget_mb)
+    try:
+        service = CaptionService(captioner, limits)
+    except ValueError as err:
+        parser.error(str(err))
     examples = example_photos()
-    app = build_app(CaptionService(captioner, limits), examples,
-                    title=f"Image captioning: {captioner.path.name}")
-    app.queue(max_size=args.queue_size)
-    _, url, share_url = app.launch(
-        server_name=args.host, server_port=args.port, share=args.share,
-        max_file_size=int(args.max_file_mb * 2**20),
-        allowed_paths=sorted({str(Path(p).parent) for p in examples}), ssr_mode=False, quiet=True,
-        prevent_thread_lock=True,
-        # Requests wait in threads for their batch (2 x the batch size), beside the page's own work.
-        max_threads=max(40, 4 * args.max_batch_size),
-    )
-    print(f"Captioning demo ({captioner.path.name} on {captioner.device}) at {url}", flush=True)
-    if share_url:
-        print(f"Public link: {share_url}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the demo
-        app.block_thread()
+    page = build_app(service, examples, title=f"Image captioning: {captioner.path.name}")
+    # Requests wait in threads for their batch (2 x the batch size), beside the page's own work.
+    page.max_threads = max(40, 4 * args.max_batch_size)
+    page.queue(max_size=args.queue_size)
+    app = build_server(service, page, token=args.api_token, protect_page=args.protect_page,
+                       allowed_paths=sorted({str(Path(p).parent) for p in examples}))
+    try:
+        running = serve(app, args.host, args.port)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Captioning demo ({captioner.path.name} on {captioner.device}) at {running.url}", flush=True)
+    print(f"HTTP API: {running.url}v1/caption (docs: {running.url}docs)", flush=True)
+    if args.share:
+        from gradio import networking
+
+        try:  # Gradio's own tunnel, as launch(share=True) opens it
+            share_url = networking.setup_tunnel(args.host if args.host != "0.0.0.0" else "127.0.0.1",
+                                                args.port, page.share_token, None, None)
+            print(f"Public link: {share_url}", flush=True)
+        except Exception as err:  # noqa: BLE001 - the local server serves on without a link
+            print(f"warning: could not open a public link ({err}); serving locally only", flush=True)
+    warning = exposure_warning(args.host, args.api_token, args.protect_page, args.share)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    # SIGTERM (systemd, a supervisor) stops it as Ctrl-C does: requests in flight get a few seconds to finish.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    running.wait()
     return 0
 
 

@@ -14,7 +14,8 @@ import torch
 from caption.api import pick_device
 from caption.utils.runtime import peak_memory_mb
 
-__all__ = ["DATA", "REPO", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "run_isolated"]
+__all__ = ["DATA", "REPO", "machine", "parse_bench_args", "peak_memory_mb", "print_table", "rss_mb",
+           "run_isolated"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data"))
@@ -61,3 +62,11 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def rss_mb(pid: int) -> float:
+    """Another process's resident memory now (a server this benchmark started)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")

@@ -18,12 +18,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAPTION_DATA", REPO.parent / "shared" / "data")).resolve()
 FLICKR = DATA / "flickr8k"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set CAPTION_DATA to the shared data folder)")
     return path
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium, for playwright to drive (it downloads no browser)."""
+    pytest.importorskip("playwright.sync_api",
+                        reason="browser tests need playwright: pip install -e '.[dev]'")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser: {CHROMIUM} is missing "
+                    "(`make test` installs Debian's chromium with apt-get)")
+    return CHROMIUM
 
 
 def require_java() -> None:

@@ -52,6 +52,9 @@ still get its caption.
 | loop.jpg | links pointing at each other | link-loop | (cannot be uploaded) |
 | unreadable.jpg | mode 000 (as root: the OS's EACCES for it) | permission | (cannot be uploaded) |
 
+The demo's requests go through both of its APIs at once, Gradio's (gradio_client) and the HTTP API
+(``/v1/caption``, which answers an error with the status of its kind: 400 parameter, 413 too-large, 415
+not-media, wrong-type and unsupported, 422 corrupt and empty).
 Demo request parameters, each sent with a good photo in the same batch as the files above: beam size 1000,
 "abc", 0, 2.5, [3], maximum length 0 and 1000 get a ``parameter`` error naming the setting; none (the
 defaults), "3" and 3.0 get a caption. A cleared upload gets ``{}``. The load test (``test_demo_load.py``) adds
@@ -258,8 +261,9 @@ def corpus(tmp_path_factory, flickr_dir) -> Path:
 def check(results: dict[str, dict], path_of: Callable[[str], str], surface: str) -> None:
     """Every case's result is what the table says; ``results`` maps each input to its record."""
     for case in CASES:
-        expect = case.expect if surface != "demo" or case.demo == "same" else case.demo
-        if surface == "demo" and case.demo in (None, "refused"):
+        served = surface in ("demo", "http")  # through the server: uploaded, not read in place
+        expect = case.expect if not served or case.demo == "same" else case.demo
+        if served and case.demo in (None, "refused"):
             continue
         result = results[path_of(case.name)]
         if expect == "caption":
@@ -357,9 +361,27 @@ PARAMETERS = [  # (beam size, maximum length, expected: "caption" or the words o
 ]
 
 
+HTTP_STATUS = {"caption": 200, "parameter": 400, "too-large": 413, "not-media": 415, "wrong-type": 415,
+               "unsupported": 415, "corrupt": 422, "empty": 422}
+
+
+def ask_http(url: str, path: str, beam, length) -> tuple[int, dict]:
+    """``curl -F file=@path -F beam_size=... -F max_length=... URL/v1/caption``: (status, JSON)."""
+    import httpx
+
+    settings = {name: str(value) for name, value in (("beam_size", beam), ("max_length", length))
+                if value is not None}
+    with open(path, "rb") as file:
+        response = httpx.post(f"{url}v1/caption", files={"file": (Path(path).name, file)}, data=settings,
+                              timeout=300)
+    return response.status_code, response.json()
+
+
 @pytest.mark.slow
 def test_the_demo_judges_every_request_on_its_own(corpus, tmp_path):
-    """All uploadable cases and all parameter cases at once, so they share batches: none fails another."""
+    """All uploadable cases and all parameter cases at once, through Gradio's API (gradio_client) and the
+    HTTP API (``/v1/caption``) together, so they share batches: none fails another, and each surface answers
+    each case as the table says (the HTTP API with the status of its error kind)."""
     from gradio_client import Client, handle_file
 
     from caption.api import Captioner
@@ -368,39 +390,51 @@ def test_the_demo_judges_every_request_on_its_own(corpus, tmp_path):
     photo = str(corpus / "photo.jpg")
     requests = [(str(corpus / case.name), 3, 20) for case in uploads]
     requests += [(photo, beam, length) for beam, length, _ in PARAMETERS]
+    refused = [str(corpus / case.name) for case in CASES if case.demo == "refused"]
     log = tmp_path / "server.log"
     with running_demo(log, "--max-file-mb", "2",
                       env={"GRADIO_TEMP_DIR": str(tmp_path / "gradio")}) as (url, process):
         # gradio_client gives an upload 5 s; 46 at once on 2 busy cores can take longer (a browser waits).
         clients = [Client(url, verbose=False, httpx_kwargs={"timeout": 60}) for _ in requests]
-        with ThreadPoolExecutor(len(requests)) as pool:
-            answers = list(pool.map(lambda job: job[0].predict(handle_file(job[1][0]), *job[1][1:],
-                                                               api_name="/caption"), zip(clients, requests)))
+        with ThreadPoolExecutor(2 * len(requests)) as pool:
+            page = [pool.submit(client.predict, handle_file(path), beam, length, api_name="/caption")
+                    for client, (path, beam, length) in zip(clients, requests)]
+            http = [pool.submit(ask_http, url, *request) for request in requests]
+            answers, statuses = [job.result() for job in page], [job.result() for job in http]
         assert clients[0].predict(None, 3, 20, api_name="/caption") == {}  # a cleared upload
-        for case in CASES:
-            if case.demo == "refused":  # over --max-file-mb: Gradio refuses the upload itself
-                with pytest.raises(ValueError, match="exceeds the maximum file size"):
-                    clients[0].predict(handle_file(str(corpus / case.name)), 3, 20, api_name="/caption")
+        for path in refused:  # over --max-file-mb: Gradio refuses the upload itself, the HTTP API with 413
+            with pytest.raises(ValueError, match="exceeds the maximum file size"):
+                clients[0].predict(handle_file(path), 3, 20, api_name="/caption")
+            status, answer = ask_http(url, path, 3, 20)
+            assert status == 413 and answer["error_kind"] == "too-large", answer
         assert process.poll() is None  # still serving
+    batches = [line for line in log.read_text().splitlines() if "request(s) in" in line]
     assert max(batch_sizes(log)) > 1, "the requests were not batched together"
+    assert any("gradio" in line and "http" in line for line in batches), "no batch held both surfaces"
     assert "Traceback" not in log.read_text()
 
-    results = {case.name: answer for case, answer in zip(uploads, answers)}
-    check(results, lambda name: name, "demo")
-    for case in uploads:
-        if "error" in results[case.name]:
-            # names the upload
-            assert results[case.name]["error"].startswith(f"{case.name}: "), results[case.name]
     library = Captioner.load()
-    for case in uploads:  # the demo gives the library's caption
-        if "caption" in results[case.name]:
-            assert results[case.name]["caption"] == library.caption(str(corpus / case.name)).text, case.name
-    for (beam, length, expected), answer in zip(PARAMETERS, answers[len(uploads):]):
-        if expected == "caption":
-            assert answer["caption"] == results["photo.jpg"]["caption"], (beam, length, answer)
-        else:
+    expected_captions = {case.name: library.caption(str(corpus / case.name)).text for case in uploads
+                         if case.expect == "caption"}
+    for surface, got in (("demo", answers), ("http", [answer for _, answer in statuses])):
+        results = {case.name: answer for case, answer in zip(uploads, got)}
+        check(results, lambda name: name, surface)
+        for case in uploads:
+            if "error" in results[case.name]:
+                assert results[case.name]["error"].startswith(f"{case.name}: "), results[case.name]
+            else:  # the library's caption
+                assert results[case.name]["caption"] == expected_captions[case.name], (surface, case.name)
+        for (beam, length, expected), answer in zip(PARAMETERS, got[len(uploads):]):
+            if expected == "caption":
+                assert answer["caption"] == results["photo.jpg"]["caption"], (beam, length, answer)
+                continue
             assert set(answer) == {"error", "error_kind"} and answer["error_kind"] == "parameter", answer
-            assert expected in answer["error"], (beam, length, answer)
+            if not (surface == "http" and isinstance(beam, list)):  # a form sends [3] as the text '[3]'
+                assert expected in answer["error"], (surface, beam, length, answer)
+    for (status, answer), case in zip(statuses, uploads):
+        assert status == HTTP_STATUS[case.expect], (case.name, status, answer)
+    assert [status for status, _ in statuses[len(uploads):]] == [
+        200 if expected == "caption" else 400 for _, _, expected in PARAMETERS]
 
 
 def test_every_pillow_mode_and_array_type_in_python_is_captioned_as_the_picture_it_shows(corpus):

@@ -75,10 +75,11 @@ def test_an_updown_model_captions_videos_in_batch_and_in_the_demo(updown_dir, tm
     assert records[clip.name]["caption"] and len(records[clip.name]["frame_times"]) == 8
 
     pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
-    from caption.serving.web import CaptionService
+    from caption.serving.service import CaptionService
+    from caption.serving.web import render
 
     service = CaptionService(captioner)
     answer = service.caption(photo, 3, 20)
     assert answer["caption"] == captioner.caption(photo, beam_size=3, max_length=20).text
-    status, caption, preview, beams, by_word, by_frame = service.render(photo, answer)
+    status, caption, preview, beams, by_word, by_frame = render(service, photo, answer)
     assert status == "" and caption == answer["caption"] and len(by_word) == len(answer["words"])

@@ -180,7 +180,8 @@ def test_batch_folders_mix_images_and_videos(clips, tmp_path, flickr_dir):
 
 def test_the_demo_service_captions_a_video_and_shows_its_frames(clips, captioner, tmp_path):
     pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
-    from caption.serving.web import CaptionService, Limits
+    from caption.serving.service import CaptionService, Limits
+    from caption.serving.web import render
 
     service = CaptionService(captioner, Limits(max_video_seconds=10.0))
     bad = tmp_path / "clip.mp4"
@@ -189,7 +190,7 @@ def test_the_demo_service_captions_a_video_and_shows_its_frames(clips, captioner
     assert results[0]["caption"] and len(results[0]["frame_times"]) == 8
     assert "over the limit of 10 s" in results[1]["error"] and results[1]["error"].startswith(clips[0].name)
     assert results[2]["error"] == "clip.mp4: not a video file: it is a text file"
-    status, caption, preview, beams, by_word, by_frame = service.render(str(clips[2]), results[0])
+    status, caption, preview, beams, by_word, by_frame = render(service, str(clips[2]), results[0])
     assert status == "" and caption == results[0]["caption"] and preview is not None
     assert len(by_word) == len(results[0]["words"]) and len(by_frame) == 8
     assert all(" · frame " in label for _, label in by_word)

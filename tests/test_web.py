@@ -14,16 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, REPO, batch_sizes, problem_files, require, running_demo
+from tests.conftest import (
+    CHROMIUM_FLAGS,
+    DATA,
+    REPO,
+    batch_sizes,
+    chromium_or_skip,
+    problem_files,
+    require,
+    running_demo,
+)
 
 pytest.importorskip("gradio", reason="the web demo needs gradio: pip install -e '.[demo]'")
 
 from caption.api import Captioner  # noqa: E402
-from caption.serving.web import CaptionService, Limits, build_app  # noqa: E402
+from caption.serving.service import CaptionService, Limits  # noqa: E402
+from caption.serving.web import build_app, render  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(os.environ.get("CAPTION_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
@@ -69,12 +76,13 @@ def test_the_service_captions_awkward_files_upright_and_explains_bad_ones(captio
     assert "over the limit of 20,000,000" in errors[3] and "over the 1 MB limit" in errors[4]
     assert results[-1] == {}  # a cleared upload: nothing to show, nothing to complain about
 
-    status, caption, image, beams, heatmaps, frames = service.render(str(good["rotated.jpg"]), results[1 + 4])
+    status, caption, image, beams, heatmaps, frames = render(service, str(good["rotated.jpg"]),
+                                                             results[1 + 4])
     assert (status == "" and caption and len(heatmaps) == len(caption.split()) and len(beams) == 3
             and frames == [])
     upright = np.asarray(Image.open(photos[0]).convert("RGB").resize(image.size), dtype=float)
     assert np.abs(np.asarray(image, dtype=float) - upright).mean() < 20  # shown the right way up
-    status, *_ = service.render(str(bad["truncated.jpg"]), results[1 + len(good) + 1])
+    status, *_ = render(service, str(bad["truncated.jpg"]), results[1 + len(good) + 1])
     assert status.startswith("**Could not caption this file.**") and "truncated.jpg" in status
 
 
@@ -194,15 +202,6 @@ def test_client_gets_json_and_16_simultaneous_requests_are_all_answered(server, 
     assert again["caption"] and len(again["beams"]) == 1
 
 
-def chromium_or_skip() -> str:
-    pytest.importorskip("playwright.sync_api",
-                        reason="browser tests need playwright: pip install -e '.[dev]'")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser: {CHROMIUM} is missing "
-                    "(`make test` installs Debian's chromium with apt-get)")
-    return CHROMIUM
-
-
 @pytest.mark.slow
 def test_in_a_real_browser_a_photo_gets_its_caption_and_heatmaps_and_a_corrupt_file_an_error(
     server, photos, tmp_path
@@ -267,7 +266,7 @@ def test_the_service_keeps_nothing_from_one_round_of_users_to_the_next(captioner
     from concurrent.futures import Future
 
     from caption.api import CaptionResult
-    from caption.serving.web import Job
+    from caption.serving.service import Job
 
     service = CaptionService(captioner)
     truncated = tmp_path / "truncated.jpg"
@@ -314,13 +313,16 @@ def test_an_upload_the_janitor_deleted_asks_to_be_uploaded_again(captioner, phot
         service.janitor.sweep()
         assert not upload.exists() and not upload.parent.exists() and uploads == set()
         again = service.caption(str(upload), 5, 20)  # the user tries another beam size much later
-        assert again == {"error": "photo.jpg: no longer on the server (uploads are deleted after 60 s "
-                                  "unused): upload it again", "error_kind": "missing"}
+        assert again == {"error": "photo.jpg: no longer on the server (it was not used for 0 s): upload it "
+                                  "again", "error_kind": "missing"}
     finally:
         service.janitor.close()
 
 
-def test_over_budget_used_uploads_go_first_and_queued_ones_only_past_twice_the_budget(tmp_path):
+def test_the_budget_refuses_new_uploads_and_never_deletes_one_a_request_needs(tmp_path):
+    """Over budget, an upload in use or not yet used (its request may be queued) stays; new uploads are
+    refused until answered requests' uploads make room, and those go first, least recently used first."""
+    from caption.errors import ServerBusy
     from caption.serving.uploads import UploadJanitor
 
     def upload(name: str, kb: int) -> str:
@@ -331,15 +333,28 @@ def test_over_budget_used_uploads_go_first_and_queued_ones_only_past_twice_the_b
 
     used, queued = upload("used", 600), upload("queued", 600)
     uploads = {used, queued}
-    janitor = UploadJanitor(uploads, keep_seconds=3600, max_bytes=1000 * 1024, sweep_every=3600)
+    janitor = UploadJanitor(uploads, keep_seconds=3600, max_bytes=1000 * 1024, sweep_every=3600,
+                            retry_after=lambda: 7)
     try:
         with janitor.using(used):
             janitor.sweep()
             assert uploads == {used, queued}  # over budget (1,200 KB), but one is in use, the other queued
-        assert uploads == {queued}  # released: the used one goes first, and that is enough
-        more = upload("more", 1500)  # queued too: now 2,100 KB, past twice the budget
+            with pytest.raises(ServerBusy, match="try again in 7 s") as refused, janitor.reserve(100 * 1024):
+                pass
+            assert refused.value.retry_after == 7
+        assert uploads == {queued}  # answered: its upload goes first, and that is enough
+        assert janitor.why_gone(used) == "its request was answered and newer uploads needed the space"
+        with janitor.reserve(300 * 1024):  # 600 + 300 KB fit
+            assert janitor.held_bytes == 900 * 1024
+            with pytest.raises(ServerBusy), janitor.reserve(200 * 1024):
+                pass
+        assert janitor.held_bytes == 600 * 1024
+        more = upload("more", 500)  # arrived all the same (a sweep races an upload): 1,100 KB
         uploads.add(more)
         janitor.sweep()
-        assert uploads == {more} and not Path(queued).exists()  # the oldest queued one went
+        assert uploads == {queued, more}  # neither was used yet: both stay, over budget or not
+        janitor.unclaimed_seconds = 0  # as if their requests never came
+        janitor.sweep()
+        assert uploads == set() and janitor.why_gone(queued) == "it was not used for 0 s"
     finally:
         janitor.close()

@@ -36,9 +36,20 @@ class MicroBatcher(Generic[Request, Result]):
         self._worker.start()
 
     def __call__(self, request: Request) -> Result:
+        return self.submit(request).result()
+
+    def submit(self, request: Request) -> Future:
+        """Queue ``request``; its future holds the result (an event loop awaits it without a thread)."""
         future: Future = Future()
         self._pending.put((request, future))
-        return future.result()
+        return future
+
+    def pending(self) -> int:
+        """Requests waiting for a batch (not those in the batch running now)."""
+        return self._pending.qsize()
+
+    def alive(self) -> bool:
+        return self._worker.is_alive()
 
     def _serve_forever(self) -> None:
         while True:  # no local keeps a served batch: its requests and results are freed while the next waits

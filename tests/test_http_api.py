@@ -83,7 +83,8 @@ def test_the_token_guards_the_api_and_the_page_while_health_and_metrics_answer(p
         after = web.get("/metrics")
         assert after.headers["content-type"].startswith("text/plain")
         for labels, more in (({"outcome": "ok", "error_kind": ""}, 1),
-                             ({"outcome": "error", "error_kind": "not-media"}, 1)):
+                             ({"outcome": "error", "error_kind": "not-media"}, 1),
+                             ({"outcome": "error", "error_kind": "unauthorized"}, 3)):
             name, series = "caption_requests_total", {"surface": "http", **labels}
             assert metric(after.text, name, **series) - metric(before, name, **series) == more, labels
         assert metric(after.text, "caption_request_seconds_count", surface="http") >= 2

@@ -344,8 +344,15 @@ def test_the_budget_refuses_new_uploads_and_never_deletes_one_a_request_needs(tm
             assert refused.value.retry_after == 7
         assert uploads == {queued}  # answered: its upload goes first, and that is enough
         assert janitor.why_gone(used) == "its request was answered and newer uploads needed the space"
-        with janitor.reserve(300 * 1024):  # 600 + 300 KB fit
-            assert janitor.held_bytes == 900 * 1024
+        answered = upload("answered", 300)
+        uploads.add(answered)
+        with janitor.using(answered):
+            pass  # answered, and kept for another beam size: 900 KB held
+        with pytest.raises(ServerBusy), janitor.reserve(500 * 1024):  # would not fit even without it
+            pass
+        assert answered in uploads  # so it was not deleted in vain
+        with janitor.reserve(300 * 1024):  # fits once it goes
+            assert answered not in uploads and janitor.held_bytes == 900 * 1024
             with pytest.raises(ServerBusy), janitor.reserve(200 * 1024):
                 pass
         assert janitor.held_bytes == 600 * 1024

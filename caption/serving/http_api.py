@@ -100,6 +100,7 @@ def _routes(service: CaptionService, token: str | None, uploads: Path) -> APIRou
             return
         given = credentials.credentials.encode() if credentials is not None else b""
         if not secrets.compare_digest(given, token.encode()):
+            service.metrics.requests.labels("http", "error", ErrorKind.UNAUTHORIZED.value).inc()
             raise RequestRefused(error_answer(
                 "this server asks for its API token: send the header 'Authorization: Bearer <token>'",
                 ErrorKind.UNAUTHORIZED), {"WWW-Authenticate": "Bearer"})

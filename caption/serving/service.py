@@ -36,7 +36,7 @@ from caption.serving.batcher import MicroBatcher
 from caption.serving.metrics import ServingMetrics
 from caption.serving.uploads import UploadJanitor
 
-logger = logging.getLogger("caption.web")
+logger = logging.getLogger("caption.service")
 
 
 @dataclass

@@ -127,11 +127,15 @@ class UploadJanitor:
             used = self._last_used.get(path, 0.0)
             unused.append((used < uploaded, max(uploaded, used), path, info.st_size))
         unused.sort()  # answered ones first, each kind oldest first
+        # An incoming upload that would not fit even without every answered one is refused: keep those.
+        answered = sum(size for unclaimed, _, _, size in unused if not unclaimed)
+        make_room = incoming == 0 or total - answered + incoming <= self.max_bytes
         deleted = 0
         for unclaimed, last, path, size in unused:
             ttl = self.unclaimed_seconds if unclaimed else self.keep_seconds
             expired = now - last >= ttl
-            over = not unclaimed and total + incoming > self.max_bytes  # never one a queued request needs
+            # Never for space one that a queued request needs (unclaimed), nor in vain.
+            over = make_room and not unclaimed and total + incoming > self.max_bytes
             if not (expired or over):
                 continue
             reason = (f"it was not used for {ttl:g} s" if expired

@@ -52,6 +52,33 @@ def test_every_error_kind_has_the_status_its_table_gives():
     assert status_of({"caption": "a dog"}) == 200
 
 
+def test_a_full_queue_refuses_new_requests_with_when_to_retry_and_is_not_ready():
+    from caption.errors import ServerBusy
+    from caption.serving.service import CaptionService, Limits
+
+    service = CaptionService(Captioner.load(), Limits(queue_size=2))
+    with service.counted("http"):
+        service.admit("http")  # one in flight: room for another
+        assert service.readiness()[0]
+        with service.counted("http"), pytest.raises(ServerBusy, match=r"2 requests are in flight") as full:
+            service.admit("http")
+        assert full.value.retry_after >= 1
+        with service.counted("http"):
+            ready, state = service.readiness()
+            assert not ready and state["in_flight"]["http"] == 2 and state["queue_size"] == 2
+        service.admit("gradio")  # each surface has its own queue
+
+
+def test_a_server_reachable_beyond_this_machine_says_what_it_leaves_open():
+    from caption.serving.server import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None, False, share=False) is None
+    assert "without --api-token" in exposure_warning("0.0.0.0", None, False, share=False)
+    assert "the page and its Gradio API" in exposure_warning("0.0.0.0", TOKEN, False, share=False)
+    assert exposure_warning("0.0.0.0", TOKEN, True, share=False) is None
+    assert "gradio.live" in exposure_warning("127.0.0.1", None, False, share=True)
+
+
 @pytest.mark.slow
 def test_the_token_guards_the_api_and_the_page_while_health_and_metrics_answer(photo, tmp_path):
     from gradio_client import Client, handle_file

@@ -68,7 +68,8 @@ def main() -> int:
     parser.add_argument("--uploads-budget-mb", type=float, default=1024.0,
                         help="most disk the uploads may take; new ones are refused (503) beyond it")
     parser.add_argument("--api-token", default=os.environ.get("CAPTION_API_TOKEN"),
-                        help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $CAPTION_API_TOKEN)")
+                        help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $CAPTION_API_TOKEN, "
+                             "which keeps it out of the process list)")
     parser.add_argument("--protect-page", action="store_true",
                         help="ask for the API token on the page too (a login form: any user name)")
     args = parser.parse_args()

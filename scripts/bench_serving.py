@@ -32,6 +32,7 @@ def start_demo(model: str, device: str, log: Path) -> tuple[subprocess.Popen, st
     deadline = time.monotonic() + 300
     while "Captioning demo" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
+            process.terminate()  # still starting after the deadline: leave no server behind
             raise RuntimeError(f"the demo did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     return process, log.read_text().split(" at ", 1)[1].split()[0]

@@ -11,6 +11,7 @@ is refused at once with 503 and ``Retry-After``. Gradio's own upload route is he
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -80,7 +81,10 @@ def install(app: FastAPI, service: CaptionService, token: str | None = None) -> 
     """Add the HTTP API to ``app`` (before the page is mounted on it, so that its routes come first)."""
     if service.janitor is None:
         raise ValueError("build the page first (build_app): the API shares its upload budget")
-    uploads = Path(tempfile.mkdtemp(prefix="caption-http-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    root = os.environ.get("GRADIO_TEMP_DIR")  # beside the page's uploads, where an operator looks for them
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    uploads = Path(tempfile.mkdtemp(prefix="caption-http-", dir=root))
     app.router.on_shutdown.append(lambda: shutil.rmtree(uploads, ignore_errors=True))
     app.include_router(_routes(service, token, uploads))
     app.add_exception_handler(RequestRefused, _refused)
@@ -100,10 +104,10 @@ def _routes(service: CaptionService, token: str | None, uploads: Path) -> APIRou
             return
         given = credentials.credentials.encode() if credentials is not None else b""
         if not secrets.compare_digest(given, token.encode()):
-            service.metrics.requests.labels("http", "error", ErrorKind.UNAUTHORIZED.value).inc()
-            raise RequestRefused(error_answer(
-                "this server asks for its API token: send the header 'Authorization: Bearer <token>'",
-                ErrorKind.UNAUTHORIZED), {"WWW-Authenticate": "Bearer"})
+            answer = error_answer("this server asks for its API token: send the header 'Authorization: "
+                                  "Bearer <token>'", ErrorKind.UNAUTHORIZED)
+            service.metrics.answered("http", answer)
+            raise RequestRefused(answer, {"WWW-Authenticate": "Bearer"})
 
     @router.post("/v1/caption", dependencies=[Depends(authorized)], tags=["caption"],
                  summary="Caption one photo or video", responses=_documented_responses(),
@@ -147,8 +151,7 @@ def _routes(service: CaptionService, token: str | None, uploads: Path) -> APIRou
 
 async def _caption_request(service: CaptionService, request: Request, uploads: Path) -> dict[str, Any]:
     limit = int(service.limits.max_file_mb * 2**20) + FORM_OVERHEAD
-    declared = request.headers.get("content-length")
-    length = int(declared) if declared and declared.isdigit() else None
+    length = declared_length(request.scope)
     if length is not None and length > limit:
         raise RequestRefused(error_answer(
             f"the request's {length / 2**20:.1f} MB is over the {service.limits.max_file_mb:g} MB limit",
@@ -218,6 +221,12 @@ async def _read_form(request: Request, folder: Path, limit: int,
     return os.fsdecode(upload.actual_file_name), name, settings
 
 
+def declared_length(scope) -> int | None:
+    """The request's Content-Length, when it sends a valid one."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    return int(declared) if declared.isdigit() else None
+
+
 def _form_value(value: bytes | None) -> int | float | str | None:
     """A form field as the number it spells (so that errors quote 1000, not '1000'); empty: the default."""
     text = (value or b"").decode("utf-8", "replace").strip()
@@ -243,21 +252,16 @@ class GradioUploadAdmission:
                 or not scope["path"].rstrip("/").endswith(GRADIO_UPLOAD_ROUTE)):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"")
-        size = int(declared) if declared.isdigit() else int(self.service.limits.max_file_mb * 2**20)
-        try:
-            reservation = self.service.janitor.reserve(size)
-            reservation.__enter__()
-        except ServerBusy as err:
-            self.service.metrics.refused("gradio")
-            refusal = PlainTextResponse(str(err), 503, {"Retry-After": str(err.retry_after)})
-            await refusal(scope, receive, send)
-            return
-        try:
+        size = declared_length(scope) or int(self.service.limits.max_file_mb * 2**20)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.service.janitor.reserve(size))
+            except ServerBusy as err:
+                self.service.metrics.answered("gradio", error_answer(str(err), err.kind))
+                refusal = PlainTextResponse(str(err), 503, {"Retry-After": str(err.retry_after)})
+                await refusal(scope, receive, send)
+                return
             await self.app(scope, receive, send)
-        finally:
-            reservation.__exit__(None, None, None)
 
 
 def _documented_form(service: CaptionService) -> dict[str, Any]:

@@ -53,15 +53,14 @@ class ServingMetrics:
         self.upload_bytes.set_function(upload_bytes)
         self.upload_budget.set(upload_budget)
 
-    def answered(self, surface: str, answer: dict, seconds: float) -> None:
+    def answered(self, surface: str, answer: dict, seconds: float | None = None) -> None:
+        """Count ``answer``; ``seconds`` None: a request turned away before it reached the service (an upload
+        that did not fit, a missing token), which has no latency to speak of."""
         kind = answer.get("error_kind") or ""
         outcome = "refused" if kind == "busy" else "error" if "error" in answer else "ok"
         self.requests.labels(surface, outcome, kind).inc()
-        self.latency.labels(surface).observe(seconds)
-
-    def refused(self, surface: str) -> None:
-        """A request turned away before it reached the service (its upload did not fit)."""
-        self.requests.labels(surface, "refused", "busy").inc()
+        if seconds is not None:
+            self.latency.labels(surface).observe(seconds)
 
     def batched(self, surfaces: list[str], seconds: float) -> None:
         self.batch_size.observe(len(surfaces))

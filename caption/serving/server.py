@@ -47,7 +47,7 @@ def exposure_warning(host: str, token: str | None, protect_page: bool, share: bo
     """What a server reachable beyond this machine leaves open, or None when nothing is."""
     if host in LOCAL_HOSTS and not share:
         return None
-    where = "a public gradio.live link" if share else f"{host}"
+    where = "a public gradio.live link" if share else host
     if not token:
         return (f"warning: listening on {where} without --api-token: anyone who can reach it can caption "
                 "with /v1/caption, use the page and its Gradio API, and read /metrics")

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, MutableSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ class CaptionService:
         # compete for the GIL with the server's event loop, which then answers uploads late.
         self._reading = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
-    def watch_uploads(self, uploads, outputs=()) -> UploadJanitor:
+    def watch_uploads(self, uploads: MutableSet[str],
+                      outputs: Iterable[MutableSet[str]] = ()) -> UploadJanitor:
         """Keep ``uploads`` (the page's live set of uploaded paths) within budget (``UploadJanitor``)."""
         self.janitor = UploadJanitor(uploads, self.limits.keep_uploads_seconds,
                                      int(self.limits.uploads_budget_mb * 2**20), outputs=outputs,
